@@ -1,0 +1,167 @@
+"""Conformance checks run by ``toolgym check ENV_ID``.
+
+Each check exercises one promise an environment makes to a trainer: Gymnasium's API, seeded
+determinism, valid tool schemas, rewards inside the declared range, survival of malformed tool
+calls, and oracle demonstrations that earn the maximum reward.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from gymnasium.utils.env_checker import check_env
+
+from toolgym.envs.base import ToolEnv
+from toolgym.registry import make
+
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+MALFORMED_ACTIONS: list[Any] = [
+    "<tool_call>{not json}</tool_call>",
+    '<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>',
+    '<tool_call>{"arguments": {"x": 1}}</tool_call>',
+    '<tool_call>["a", "list"]</tool_call>',
+    "<tool_call>" + '{"name": "x", "arguments": {"a": "' + "A" * 200_000 + '"}}</tool_call>',
+    '<tool_call>{"name": "x", "arguments": {"a": 1}',
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": "junk"}]},
+    {"role": "assistant", "content": None, "tool_calls": "junk"},
+]
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class CheckReport:
+    env_id: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+
+def _gym_api(env: ToolEnv) -> str:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    notes = sorted({str(w.message)[:120] for w in caught})
+    return "; ".join(notes) or "ok"
+
+
+def _determinism(env: ToolEnv) -> str:
+    a, ia = env.reset(seed=7)
+    b, ib = env.reset(seed=7)
+    assert a == b and ia["task_id"] == ib["task_id"], "same seed gave different first observations"
+    ids = {env.reset(seed=s)[1]["task_id"] for s in range(20)}
+    assert len(env.tasks) == 1 or len(ids) > 1, "20 different seeds all gave the same task"
+    return f"{len(ids)} distinct tasks over 20 seeds"
+
+
+def _schemas(env: ToolEnv) -> str:
+    _, info = env.reset(seed=0)
+    names = []
+    for schema in info["tools"]:
+        fn = schema["function"]
+        assert TOOL_NAME.match(fn["name"]), f"bad tool name {fn['name']!r}"
+        jsonschema.Draft202012Validator.check_schema(fn["parameters"])
+        assert fn["description"], f"tool {fn['name']!r} has no description (the model sees it)"
+        names.append(fn["name"])
+    assert len(names) == len(set(names)), "duplicate tool names"
+    json.dumps(info["tools"])
+    return f"{len(names)} tools: {', '.join(names) or 'none'}"
+
+
+def _reward_range(env: ToolEnv) -> str:
+    lo, hi = env.reward_bounds
+    for seed in range(5):
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        done = False
+        while not done:
+            _, reward, term, trunc, info = env.step(env.action_space.sample())
+            done = term or trunc
+        final = info["final_reward"]
+        assert lo - 1e-9 <= final <= hi + 1e-9, f"final reward {final} outside declared range [{lo}, {hi}]"
+    return f"range [{lo}, {hi}]"
+
+
+def _malformed(env: ToolEnv) -> str:
+    counted = 0
+    for action in MALFORMED_ACTIONS:
+        env.reset(seed=0)
+        obs, _, _, _, info = env.step(action)
+        assert obs[-1]["role"] == "tool" and str(obs[-1]["content"]).startswith("Error"), (
+            f"malformed call {str(action)[:60]!r} did not produce an error tool message")
+        counted += info["malformed_calls"]
+    assert counted >= len(MALFORMED_ACTIONS), "malformed calls were not counted in info"
+    return f"{len(MALFORMED_ACTIONS)} malformed turns answered with error messages"
+
+
+def replay(env: ToolEnv, messages: list[dict[str, Any]], task_id: str) -> tuple[float, dict[str, Any]]:
+    """Play a demonstration's assistant turns through the env; returns (final reward, last info)."""
+    env.reset(options={"task_id": task_id})
+    info: dict[str, Any] = {}
+    for m in messages:
+        if m["role"] != "assistant":
+            continue
+        _, _, term, trunc, info = env.step(m)
+        if term or trunc:
+            break
+    return float(info.get("final_reward", 0.0)), info
+
+
+def _oracle(env: ToolEnv) -> str:
+    _, hi = env.reward_bounds
+    checked = 0
+    for seed in range(5):
+        _, info = env.reset(seed=seed)
+        task = env.state.task
+        demo = env.demonstration(task)
+        if demo is None:
+            return "no demonstrations (skipped)"
+        reward, last = replay(env, demo, task.id)
+        assert abs(reward - hi) < 1e-6, f"demonstration for {task.id} scored {reward}, max is {hi} ({last.get('rubric')})"
+        checked += 1
+    return f"{checked} demonstrations scored the maximum {hi}"
+
+
+CHECKS: dict[str, Callable[[ToolEnv], str]] = {
+    "gymnasium_api": _gym_api,
+    "seeded_determinism": _determinism,
+    "tool_schemas": _schemas,
+    "reward_range": _reward_range,
+    "malformed_calls": _malformed,
+    "oracle_demonstrations": _oracle,
+}
+
+
+def run_checks(env_id: str, **env_kwargs: Any) -> CheckReport:
+    """Run every conformance check on a registered env; failures are reported, not raised."""
+    report = CheckReport(env_id)
+    try:
+        env = make(env_id, **env_kwargs).unwrapped
+    except Exception as exc:
+        report.results.append(CheckResult("make", False, f"{type(exc).__name__}: {exc}"))
+        return report
+    try:
+        for name, check in CHECKS.items():
+            try:
+                report.results.append(CheckResult(name, True, check(env)))
+            except Exception as exc:
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else traceback.format_exc(limit=3)
+                report.results.append(CheckResult(name, False, detail))
+    finally:
+        env.close()
+    return report

@@ -1,0 +1,72 @@
+"""The policy: any Hugging Face causal LM by id or path, full fine-tuning or LoRA.
+
+``name_or_path="tiny"`` builds the tiny test model offline (no hub), which is what the CPU demo
+and the tests train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (peft); ``enabled=False`` means full fine-tuning."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and how it is loaded."""
+
+    name_or_path: str = "tiny"
+    tiny_size: str = "tiny"  # when name_or_path == "tiny": "tiny" (CPU) or "small" (GPU demos)
+    dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_path(cfg: ModelConfig, seed: int = 0) -> str:
+    """A local path for ``cfg``: builds the tiny model when asked for it."""
+    if cfg.name_or_path == "tiny":
+        from toolgym.rollouts.tiny import build_tiny_model
+
+        return str(build_tiny_model(size=cfg.tiny_size, seed=seed))
+    return cfg.name_or_path
+
+
+def load_policy(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+    """Load (model, tokenizer) ready for training on the configured device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_path(cfg, seed)
+    device = resolve_device(cfg.device)
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+             "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        from peft import LoraConfig as PeftLora
+        from peft import get_peft_model
+
+        model = get_peft_model(model, PeftLora(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                               target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
+    return model, tokenizer
