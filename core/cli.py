@@ -6,6 +6,7 @@
     toolgym eval ENV_ID --model ...  evaluate a model (see ``toolgym eval -h``)
     toolgym train [overrides]        GRPO training, a Hydra app (see ``toolgym train --help``)
     toolgym search build|serve       build or serve a search index
+    toolgym sweep-report DIR         compare the runs of a Hydra multirun directory
 
 Subcommands that need heavy imports (torch, Hydra) load them only when used.
 """
@@ -26,7 +27,8 @@ from toolgym.errors import ToolgymError
 console = Console()
 
 # Optional subcommands contributed by subpackages: (module, function adding the sub-parser).
-_PLUGINS = [("toolgym.rollouts.eval", "add_eval_parser"), ("toolgym.envs.search.cli", "add_subparsers")]
+_PLUGINS = [("toolgym.rollouts.eval", "add_eval_parser"), ("toolgym.envs.search.cli", "add_subparsers"),
+            ("toolgym.trainers.report", "add_parser")]
 
 
 def cmd_envs(args: argparse.Namespace) -> int:

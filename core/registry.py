@@ -114,3 +114,4 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
 def register_builtins() -> None:
     """The environments that ship with toolgym (their modules load only when made)."""
     register("toolgym/Arithmetic-v0", entry_point="toolgym.envs.arithmetic:ArithmeticEnv")
+    register("toolgym/SearchQA-v0", entry_point="toolgym.envs.search_qa:SearchQAEnv")

@@ -118,14 +118,35 @@ def _problem(rng: random.Random) -> tuple[str, str, str]:
     return " ".join(text), expr[1:-1] if expr.startswith("(") else expr, str(value)
 
 
-class ArithmeticTasks:
-    """A deterministic, lazily generated task source for one split."""
+def _easy_problem(rng: random.Random, split: str) -> tuple[str, str, str]:
+    """One operation on two 2-digit numbers: small enough for a tiny model trained on a CPU.
 
-    def __init__(self, split: str, size: int | None = None):
+    The space is small (24,300 problems), so it is partitioned: an eval problem never appears in
+    train, whatever the split sizes.
+    """
+    while True:
+        a, b, op = rng.randint(10, 99), rng.randint(10, 99), rng.choice("+-*")
+        if ((a * 97 + b * 31 + ord(op)) % 8 == 0) == (split == "eval"):
+            break
+    expr = f"{a} {op} {b}"
+    return f"Compute {expr}.", expr, str({"+": a + b, "-": a - b, "*": a * b}[op])
+
+
+class ArithmeticTasks:
+    """A deterministic, lazily generated task source for one split.
+
+    ``difficulty=1`` gives one-operation problems ("Compute 37 + 45."); ``2`` (default) gives
+    multi-step word problems.
+    """
+
+    def __init__(self, split: str, size: int | None = None, difficulty: int = 2):
         if split not in _SPLIT_SALT:
             raise ValueError(f"unknown split '{split}'; choose from {', '.join(_SPLIT_SALT)}")
+        if difficulty not in (1, 2):
+            raise ValueError(f"difficulty must be 1 or 2, got {difficulty}")
         self.split = split
         self.size = size or SPLIT_SIZES[split]
+        self.difficulty = difficulty
 
     def __len__(self) -> int:
         return self.size
@@ -133,7 +154,8 @@ class ArithmeticTasks:
     def __getitem__(self, index: int) -> Task:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        prompt, expr, answer = _problem(random.Random(_SPLIT_SALT[self.split] * 1_000_003 + index))
+        rng = random.Random(_SPLIT_SALT[self.split] * 1_000_003 + index)
+        prompt, expr, answer = _easy_problem(rng, self.split) if self.difficulty == 1 else _problem(rng)
         return Task(id=f"arith-{self.split}-{index}", prompt=prompt, answer=answer, split=self.split,
                     metadata={"expression": expr})
 
@@ -153,12 +175,13 @@ class ArithmeticEnv(ToolEnv):
                      "Finish with a line 'Answer: N' where N is the number.")
     default_max_turns = 4
 
-    def __init__(self, *, size: int | None = None, **kwargs: Any):
+    def __init__(self, *, size: int | None = None, difficulty: int = 2, **kwargs: Any):
         self._size = size
+        self._difficulty = difficulty
         super().__init__(**kwargs)
 
     def load_tasks(self, split: str) -> ArithmeticTasks:
-        return ArithmeticTasks(split, self._size)
+        return ArithmeticTasks(split, self._size, self._difficulty)
 
     def make_tools(self) -> list[Any]:
         return [calculator]

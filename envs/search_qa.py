@@ -108,7 +108,7 @@ class SearchQAEnv(ToolEnv):
         if index is not None and questions is None:
             raise ConfigError("index=PATH needs questions=FILE (JSONL with question and answer per line)")
         self.generated = index is None
-        config = replace(search) if isinstance(search, SearchConfig) else _config(search or {})
+        config = replace(search) if isinstance(search, SearchConfig) else _config(dict(search or {}))
         if config.backend == "embedded" and config.index is None:
             config.index = str(index or world_index(seed, num_entities, Path(cache_dir) if cache_dir else None,
                                                     engine))

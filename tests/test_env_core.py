@@ -246,3 +246,16 @@ def test_broken_verifier_is_recorded_not_raised():
     env.reset(seed=0)
     _, reward, term, _, info = env.step("Answer: 7")
     assert term and reward == 0.0 and "verifier bug" in info["error"]["message"]
+
+
+@pytest.mark.parametrize("difficulty", [1, 2])
+def test_arithmetic_splits_are_disjoint_and_demos_score(difficulty):
+    train = toolgym.make("toolgym/Arithmetic-v0", difficulty=difficulty).unwrapped
+    evals = toolgym.make("toolgym/Arithmetic-v0", difficulty=difficulty, split="eval").unwrapped
+    train_prompts = {train.tasks[i].prompt for i in range(len(train.tasks))}
+    assert not train_prompts & {evals.tasks[i].prompt for i in range(len(evals.tasks))}
+    from toolgym.envs.conformance import replay
+
+    for i in range(5):
+        task = evals.tasks[i]
+        assert replay(evals, evals.demonstration(task), task.id)[0] == 1.0

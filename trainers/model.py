@@ -44,9 +44,9 @@ def resolve_device(name: str) -> torch.device:
 def resolve_path(cfg: ModelConfig, seed: int = 0) -> str:
     """A local path for ``cfg``: builds the tiny model when asked for it."""
     if cfg.name_or_path == "tiny":
-        from toolgym.rollouts.tiny import build_tiny_model
+        from toolgym.rollouts.tiny import tiny_model_path
 
-        return str(build_tiny_model(size=cfg.tiny_size, seed=seed))
+        return str(tiny_model_path(size=cfg.tiny_size, seed=seed))
     return cfg.name_or_path
 
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Make a Docker engine and the sandbox image available; idempotent and fast when both exist.
+#
+# On a fresh machine (as root): installs docker.io and debootstrap when no engine answers, starts
+# dockerd in the background, waits for it, then builds the sandbox image offline (cached tarball).
+# Exits non-zero with a clear message when any step fails.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IMAGE="${TOOLGYM_SANDBOX_IMAGE:-toolgym-sandbox:bookworm}"
+DOCKERD_LOG="${TOOLGYM_DOCKERD_LOG:-/var/log/toolgym-dockerd.log}"
+
+die() { echo "docker-up: $*" >&2; exit 1; }
+engine_ok() { docker info >/dev/null 2>&1; }
+as_root() { [[ $(id -u) -eq 0 ]] || die "$1 needs root (run this script as root or start Docker yourself)"; }
+
+install_packages() {
+  as_root "installing $*"
+  echo "docker-up: installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null || die "apt-get update failed"
+  apt-get install -y -q "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+if ! engine_ok; then
+  need=()
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  [[ ${#need[@]} -eq 0 ]] || install_packages "${need[@]}"
+  command -v docker >/dev/null || die "docker client missing after install"
+  if ! pgrep -x dockerd >/dev/null; then
+    as_root "starting dockerd"
+    echo "docker-up: starting dockerd (log: $DOCKERD_LOG)"
+    mkdir -p "$(dirname "$DOCKERD_LOG")"
+    nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+  fi
+  for _ in $(seq 1 60); do
+    engine_ok && break
+    sleep 1
+  done
+  engine_ok || { tail -20 "$DOCKERD_LOG" >&2 2>/dev/null || true; die "Docker engine did not answer within 60 s"; }
+fi
+echo "docker-up: engine $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?') answers"
+
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || install_packages debootstrap
+fi
+TOOLGYM_SANDBOX_IMAGE="$IMAGE" bash "$ROOT/sandboxes/image/build.sh" || die "sandbox image build failed"
+echo "docker-up: ready (image $IMAGE)"

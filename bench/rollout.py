@@ -1,0 +1,180 @@
+"""Rollout throughput on the tiny model: worker overhead and the gain over a lock-step tool loop.
+
+    python bench/rollout.py --json
+
+(a) ``overhead_ratio``: sampled tokens/s through the :class:`RolloutWorker` (multi-turn episodes
+    whose tool answers instantly) divided by tokens/s of the bare engine generating the very same
+    prompts, turn by turn, as whole batches. 1.0 means the worker adds no cost.
+(b) ``vs_lockstep``: trajectories/s of the worker with 100 ms tools divided by a lock-step loop
+    that generates for the whole batch, then runs every episode's tools one episode after another
+    (the tool loop of TRL's GRPO trainer), then generates again. ``vs_lockstep_concurrent_tools``
+    is the same against a lock-step loop that at least runs the tools of all episodes
+    concurrently.
+
+Every ratio compares two measurements taken in the same run on the same machine; each side is
+the median of ``--repeats`` interleaved runs. Completions ignore the end-of-turn token so both
+sides sample exactly the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from toolgym.envs.arithmetic import ArithmeticTasks
+from toolgym.envs.base import ToolEnv
+from toolgym.envs.parsing import ToolCall
+from toolgym.envs.tools import tool
+from toolgym.rollouts.engines.base import SamplingParams
+from toolgym.rollouts.engines.hf import HFEngine
+from toolgym.rollouts.records import Trajectory
+from toolgym.rollouts.tiny import tiny_model_path
+from toolgym.rollouts.tokens import ChatFormat, TokenTrajectory
+from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
+
+
+def make_env_class(latency_s: float, turns: int) -> type[ToolEnv]:
+    """Arithmetic prompts; every turn but the last calls a tool that takes ``latency_s``."""
+
+    @tool(timeout=30)
+    async def wait() -> str:
+        """Wait for the service."""
+        if latency_s:
+            await asyncio.sleep(latency_s)
+        return "ready"
+
+    class BenchEnv(ToolEnv):
+        default_max_turns = turns
+
+        def load_tasks(self, split: str) -> ArithmeticTasks:
+            return ArithmeticTasks("train", 1000)
+
+        def make_tools(self) -> list[Any]:
+            return [wait]
+
+        def _begin_turn(self, action: Any) -> Any:
+            # The untrained model writes noise: the tool call is forced so every episode has `turns` turns.
+            parsed, _ = super()._begin_turn(action)
+            assert self.state is not None
+            calls = [ToolCall("wait", {}, "call_0")] if self.state.turn < turns - 1 else []
+            return parsed, calls
+
+    return BenchEnv
+
+
+def run_worker(engine: Any, env_cls: type[ToolEnv], n: int, cfg: RolloutConfig
+               ) -> tuple[float, int, list[Trajectory]]:
+    worker = RolloutWorker(engine, env_cls, cfg)
+    t = time.perf_counter()
+    trajs = worker.run_sync([RolloutRequest({"task_index": i}) for i in range(n)])
+    wall = time.perf_counter() - t
+    bad = [tr.error for tr in trajs if tr.error]
+    if bad:
+        raise RuntimeError(f"benchmark episodes failed: {bad[:3]}")
+    return wall, sum(tr.num_sampled for tr in trajs), trajs
+
+
+def run_bare(engine: HFEngine, prompts_by_turn: list[list[list[int]]], params: SamplingParams) -> tuple[float, int]:
+    t = time.perf_counter()
+    tokens = 0
+    for prompts in prompts_by_turn:
+        tokens += sum(len(c.token_ids) for c in engine.generate_batch_sync(prompts, params))
+    return time.perf_counter() - t, tokens
+
+
+async def lockstep(engine: HFEngine, env_cls: type[ToolEnv], n: int, params: SamplingParams,
+                   concurrent_tools: bool) -> float:
+    """Generate for all, then run all tools, then generate again; returns wall seconds."""
+    t = time.perf_counter()
+    envs = [env_cls() for _ in range(n)]
+    builders = []
+    for i, env in enumerate(envs):
+        obs, info = env.reset(options={"task_index": i})
+        builders.append(TokenTrajectory(ChatFormat(engine.tokenizer, info["tools"]), obs))
+    active = list(range(n))
+    while active:
+        completions = await engine.generate_batch([builders[i].token_ids for i in active], params)
+        texts = [builders[i].add_completion(c) for i, c in zip(active, completions, strict=True)]
+        if concurrent_tools:
+            steps = await asyncio.gather(*(envs[i].astep(x) for i, x in zip(active, texts, strict=True)))
+        else:  # one episode's tools after another's
+            steps = [await envs[i].astep(x) for i, x in zip(active, texts, strict=True)]
+        still = []
+        for i, (obs, _r, term, trunc, _info) in zip(active, steps, strict=True):
+            if not (term or trunc):
+                builders[i].add_env_reply(obs)
+                still.append(i)
+        active = still
+    return time.perf_counter() - t
+
+
+def prompts_by_turn(trajectories: list[Trajectory]) -> list[list[list[int]]]:
+    """The worker's prompts as the batches a lock-step loop sends: turn k of every episode together."""
+    turns = max(len(t.turns) for t in trajectories)
+    return [[t.token_ids[:t.turns[k].start] for t in trajectories if len(t.turns) > k] for k in range(turns)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=32)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--tool-latency", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    t_all = time.perf_counter()
+    engine = HFEngine.from_pretrained(tiny_model_path(), device="cpu", max_batch_size=args.episodes)
+    n, turns = args.episodes, args.turns
+    cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True, max_concurrency=n, max_turns=turns)
+    params = cfg.sampling(args.max_new_tokens)
+    instant, slow = make_env_class(0.0, turns), make_env_class(args.tool_latency, turns)
+
+    _, _, warm = run_worker(engine, instant, n, cfg)  # warm-up; its prompts are what the bare engine replays
+    batches = prompts_by_turn(warm)
+    run_bare(engine, batches, params)
+    w_rates, b_rates = [], []
+    for _ in range(args.repeats):
+        wall, tokens, _ = run_worker(engine, instant, n, cfg)
+        w_rates.append(tokens / wall)
+        wall, tokens = run_bare(engine, batches, params)
+        b_rates.append(tokens / wall)
+
+    w_tps, ls_tps, lc_tps = [], [], []
+    for _ in range(max(1, args.repeats - 1)):
+        wall, _, _ = run_worker(engine, slow, n, cfg)
+        w_tps.append(n / wall)
+        ls_tps.append(n / asyncio.run(lockstep(engine, slow, n, params, concurrent_tools=False)))
+        lc_tps.append(n / asyncio.run(lockstep(engine, slow, n, params, concurrent_tools=True)))
+    engine.close()
+    med = statistics.median
+    result = {
+        "overhead_ratio": round(med(w_rates) / med(b_rates), 3),
+        "worker_tokens_per_s": round(med(w_rates), 1),
+        "engine_tokens_per_s": round(med(b_rates), 1),
+        "vs_lockstep": round(med(w_tps) / med(ls_tps), 2),
+        "vs_lockstep_concurrent_tools": round(med(w_tps) / med(lc_tps), 2),
+        "worker_trajectories_per_s": round(med(w_tps), 2),
+        "lockstep_trajectories_per_s": round(med(ls_tps), 2),
+        "lockstep_concurrent_trajectories_per_s": round(med(lc_tps), 2),
+        "episodes": n, "turns": turns, "max_new_tokens": args.max_new_tokens, "tool_latency_s": args.tool_latency,
+        "torch_threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - t_all, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:40s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

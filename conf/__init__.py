@@ -1,0 +1,1 @@
+"""Hydra configuration shipped with toolgym (``toolgym train`` composes it)."""

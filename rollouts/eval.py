@@ -1,0 +1,191 @@
+"""``toolgym eval``: run a model on an environment's tasks and summarise, resumably.
+
+    toolgym eval toolgym/Arithmetic-v0 --model tiny --engine hf --episodes 20 --group 4 --out runs/eval.jsonl
+
+Trajectories are appended to ``--out`` as they finish; re-running with the same ``--out`` skips
+episodes already there, and the summary (mean reward, pass@k, turns, tool calls, errors by type)
+covers the whole file. A ``<out>.summary.json`` is written beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolgym.rollouts.engines import EngineConfig, make_engine
+from toolgym.rollouts.records import Trajectory, TrajectoryWriter, done_keys, read_trajectories
+from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
+
+
+def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``eval`` sub-command to a ``toolgym`` argparse parser."""
+    p = subparsers.add_parser("eval", help="evaluate a model on an environment (resumable)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("env_id", help="environment id, e.g. toolgym/Arithmetic-v0")
+    p.add_argument("--model", required=True, help="checkpoint path, hub id, served model name, or 'tiny'")
+    p.add_argument("--engine", choices=("hf", "vllm", "openai"), default="hf")
+    p.add_argument("--episodes", type=int, default=20, help="tasks to evaluate (task indices 0..N-1)")
+    p.add_argument("--group", type=int, default=1, help="samples per task (pass@k up to k=group)")
+    p.add_argument("--out", required=True, help="JSONL file of trajectories (appended; resumable)")
+    p.add_argument("--split", default="eval")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible server root (engine openai)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path when it differs from --model")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--pass-threshold", type=float, default=None,
+                   help="reward counted as solved (default: the rubric's maximum)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+@dataclass
+class EvalSummary:
+    """Aggregates over every trajectory of an eval file."""
+
+    env_id: str
+    episodes: int
+    tasks: int
+    mean_reward: float
+    reward_stderr: float
+    pass_at_k: dict[int, float]
+    mean_turns: float
+    mean_tool_calls: float
+    mean_completion_tokens: float
+    errors: dict[str, int] = field(default_factory=dict)
+    truncated: dict[str, int] = field(default_factory=dict)
+    new_episodes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` successes (Chen et al., 2021).
+
+    Example:
+        >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), pass_at_k(4, 0, 2)
+        (0.25, 1.0, 0.0)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def summarize(trajectories: list[Trajectory], threshold: float, env_id: str = "") -> EvalSummary:
+    """Summarise episodes (first segment of each) of an eval run."""
+    episodes = [t for t in trajectories if t.segment == 0]
+    by_task: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in episodes:
+        by_task[t.task_id].append(t)
+    group = min((len(v) for v in by_task.values()), default=0)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, group) if 1 <= k <= group})
+    passes = {k: statistics.fmean(pass_at_k(len(v), sum(t.reward >= threshold for t in v), k)
+                                  for v in by_task.values()) for k in ks} if by_task else {}
+    rewards = [t.reward for t in episodes]
+    errors = Counter(f"{t.error.kind}:{t.error.type}" for t in episodes if t.error)
+    truncated = Counter(t.truncated_reason or "unknown" for t in episodes if t.truncated)
+    mean = statistics.fmean(rewards) if rewards else 0.0
+    stderr = statistics.stdev(rewards) / math.sqrt(len(rewards)) if len(rewards) > 1 else 0.0
+    return EvalSummary(
+        env_id=env_id, episodes=len(episodes), tasks=len(by_task), mean_reward=mean, reward_stderr=stderr,
+        pass_at_k=passes, mean_turns=_mean(len(t.turns) for t in episodes),
+        mean_tool_calls=_mean(t.cost.tool_calls for t in episodes),
+        mean_completion_tokens=_mean(t.cost.completion_tokens for t in episodes),
+        errors=dict(errors), truncated=dict(truncated))
+
+
+def _mean(values: Any) -> float:
+    vals = list(values)
+    return statistics.fmean(vals) if vals else 0.0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Entry point of ``toolgym eval``; returns the process exit code."""
+    import toolgym
+
+    out = Path(args.out)
+    make_env = lambda: toolgym.make(args.env_id, split=args.split).unwrapped  # noqa: E731
+    probe = make_env()
+    threshold = args.pass_threshold if args.pass_threshold is not None else (probe.reward_bounds[1] or 1.0)
+    n_tasks = min(args.episodes, len(probe.tasks))
+    task_ids = [probe.tasks[i].id for i in range(n_tasks)]
+    probe.close()
+    done = done_keys(out)
+    todo = [RolloutRequest({"task_id": tid}, group_size=args.group)
+            for tid in task_ids if any((tid, s) not in done for s in range(args.group))]
+    remaining = sum((tid, s) not in done for tid in task_ids for s in range(args.group))
+    new = _run(args, make_env, todo, done, out, remaining) if todo else 0
+    everything = [t for t in read_trajectories(out) if t.task_id in set(task_ids)]
+    summary = summarize(everything, threshold, args.env_id)
+    summary.new_episodes = new
+    Path(str(out) + ".summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    _print_summary(summary, out)
+    return 0
+
+
+def _run(args: argparse.Namespace, make_env: Any, todo: list[RolloutRequest], done: set[tuple[str, int]],
+         out: Path, total: int) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    engine = make_engine(EngineConfig(kind=args.engine, model=args.model, device=args.device,
+                                      base_url=args.base_url, tokenizer=args.tokenizer))
+    cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_turns=args.max_turns, temperature=args.temperature,
+                        top_p=args.top_p, max_concurrency=args.concurrency)
+    progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeRemainingColumn(), disable=args.no_progress)
+    rewards: list[float] = []
+    count = 0
+    with TrajectoryWriter(out) as writer, progress:
+        bar = progress.add_task("", total=total)
+
+        def record(t: Trajectory) -> None:
+            nonlocal count
+            writer.write(t)
+            if t.segment == 0:
+                count += 1
+                rewards.append(t.reward)
+                progress.update(bar, advance=1, description=f"mean reward {statistics.fmean(rewards):.3f}")
+
+        worker = RolloutWorker(engine, make_env, cfg, env_id=args.env_id, model_version=str(args.model),
+                               on_trajectory=record, skip=done)
+        try:
+            worker.run_sync(todo)
+        finally:
+            worker.close()
+            engine.close()
+    return count
+
+
+def _print_summary(s: EvalSummary, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"toolgym eval {s.env_id}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("episodes (tasks)", f"{s.episodes} ({s.tasks})")
+    table.add_row("new this run", str(s.new_episodes))
+    table.add_row("mean reward", f"{s.mean_reward:.3f} ± {s.reward_stderr:.3f}")
+    for k, v in s.pass_at_k.items():
+        table.add_row(f"pass@{k}", f"{v:.3f}")
+    table.add_row("mean turns", f"{s.mean_turns:.2f}")
+    table.add_row("mean tool calls", f"{s.mean_tool_calls:.2f}")
+    table.add_row("mean completion tokens", f"{s.mean_completion_tokens:.1f}")
+    for name, n in sorted(s.errors.items()):
+        table.add_row(f"error {name}", str(n))
+    for name, n in sorted(s.truncated.items()):
+        table.add_row(f"truncated {name}", str(n))
+    console = Console()
+    console.print(table)
+    console.print(f"trajectories: {out}")

@@ -1,0 +1,415 @@
+"""The rollout worker: many tool-use episodes in flight at once, recorded token for token.
+
+Each episode is its own asyncio task: it renders the opening chat, asks the engine for a
+completion, hands the text to the environment (``env.astep``, whose tools run concurrently), appends
+the environment's reply as tokens and repeats. While some episodes wait on tools, the others'
+generation requests reach the engine and are batched together, so slow tools do not stall the
+batch the way a lock-step loop (generate all, then run all tools) does.
+
+Failures are data: a broken engine call, a hung tool or a crashing environment ends that episode
+with a typed :class:`~toolgym.errors.ErrorRecord` (retried first when the error is retryable); the
+rest of the batch completes. Budgets per episode: turns, new tokens per turn, total tokens, wall
+time.
+
+Example:
+    >>> import tempfile, toolgym
+    >>> from transformers import AutoTokenizer
+    >>> from toolgym.rollouts.tiny import build_tiny_model
+    >>> from toolgym.rollouts.engines.fake import ScriptedEngine
+    >>> tok = AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp()))
+    >>> engine = ScriptedEngine(tok, ["Answer: 1"])
+    >>> worker = RolloutWorker(engine, lambda: toolgym.make("toolgym/Arithmetic-v0").unwrapped)
+    >>> [t] = worker.run_sync([RolloutRequest({"task_index": 0})])
+    >>> t.task_id, len(t.turns), t.error is None
+    ('arith-train-0', 1, True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolgym.errors import ErrorRecord, ModelError, OverlongPromptError, ToolError, ToolgymError
+from toolgym.rollouts.engines.base import ChatPrompt, Completion, Engine, SamplingParams
+from toolgym.rollouts.records import Cost, DriftEvent, Timings, ToolResultRecord, Trajectory, Turn
+from toolgym.rollouts.tokens import ChatFormat, Segment, TokenTrajectory
+
+
+@dataclass
+class RolloutConfig:
+    """Budgets, sampling and policies of a rollout worker.
+
+    Args:
+        max_turns: Assistant turns per episode (``None``: the env's default).
+        max_new_tokens: New tokens per turn.
+        max_total_tokens: Prompt plus all turns; the episode is truncated when it is reached.
+        episode_timeout_s: Wall time per episode; past it the episode is truncated.
+        step_timeout_s: Wall time of one environment step (its tool calls); past it the episode
+            fails with a ``ToolError`` (a tool hung without its own timeout).
+        generate_timeout_s: Wall time of one engine call; past it the call is a retryable ``ModelError``.
+        temperature, top_p, top_k: Sampling.
+        ignore_eos: Never stop a completion early (benchmarks).
+        max_concurrency: Episodes in flight at once.
+        max_retries: Re-runs of an episode that failed with a retryable error.
+        drift_policy: ``"keep"`` or ``"split"`` (see :mod:`toolgym.rollouts.tokens`).
+        drift_check: ``"text"``, ``"tokens"`` (also detect tokenisation drift) or ``"off"``.
+        chat_template: Template overriding the tokenizer's.
+        seed: Base seed for environment resets (episode ``i`` of a group uses ``seed + i``).
+    """
+
+    max_turns: int | None = None
+    max_new_tokens: int = 256
+    max_total_tokens: int = 4096
+    episode_timeout_s: float | None = 600.0
+    step_timeout_s: float | None = 300.0
+    generate_timeout_s: float | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    ignore_eos: bool = False
+    max_concurrency: int = 64
+    max_retries: int = 2
+    drift_policy: str = "keep"
+    drift_check: str = "text"
+    chat_template: str | None = None
+    seed: int | None = None
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, ignore_eos=self.ignore_eos)
+
+
+@dataclass
+class RolloutRequest:
+    """``group_size`` episodes of one task.
+
+    Args:
+        task: Reset options naming the task: ``{"task_index": i}`` or ``{"task_id": "..."}``.
+        group_size: Episodes (samples) of this task; they get ``sample_index`` 0..G-1.
+        group_id: Groups samples for advantage estimation; defaults to the task id.
+        sample_offset: First sample index (to add samples to a group later).
+    """
+
+    task: dict[str, Any]
+    group_size: int = 1
+    group_id: str = ""
+    sample_offset: int = 0
+
+
+class _Truncate(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RolloutWorker:
+    """Run episodes of an environment against an engine, concurrently.
+
+    Args:
+        engine: Any :class:`~toolgym.rollouts.engines.base.Engine`.
+        env_fn: Returns a fresh :class:`~toolgym.envs.base.ToolEnv`; envs are pooled and reused
+            between episodes (``reset`` starts a new episode), dropped after a failure.
+        config: Budgets and policies.
+        env_id: Recorded on trajectories when the env has no registry spec.
+        model_version: Recorded in ``Trajectory.versions["model"]``.
+        on_trajectory: Called with each finished trajectory (e.g. ``TrajectoryWriter.write``).
+        skip: ``(task_id, sample_index)`` pairs already done (resuming); they are not run again.
+    """
+
+    def __init__(self, engine: Engine, env_fn: Callable[[], Any], config: RolloutConfig | None = None, *,
+                 env_id: str = "", model_version: str = "",
+                 on_trajectory: Callable[[Trajectory], None] | None = None,
+                 skip: set[tuple[str, int]] | None = None):
+        self.engine = engine
+        self.env_fn = env_fn
+        self.config = config or RolloutConfig()
+        self.env_id = env_id
+        self.model_version = model_version
+        self.on_trajectory = on_trajectory
+        self.skip = set(skip or ())
+        self._pool: list[Any] = []
+
+    async def run(self, requests: Sequence[RolloutRequest]) -> list[Trajectory]:
+        """Run every episode of every request; returns trajectories in request/sample order."""
+        sem = asyncio.Semaphore(self.config.max_concurrency)
+
+        async def one(req: RolloutRequest, index: int) -> list[Trajectory]:
+            async with sem:
+                return await self.run_episode(req.task, sample_index=index, group_id=req.group_id)
+
+        jobs = [one(r, r.sample_offset + i) for r in requests for i in range(r.group_size)]
+        results = await asyncio.gather(*jobs)
+        return [t for group in results for t in group]
+
+    def run_sync(self, requests: Sequence[RolloutRequest]) -> list[Trajectory]:
+        """:meth:`run` from synchronous code (also from inside a running loop, via a thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(requests))
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["v"] = asyncio.run(self.run(requests))
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["e"] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+        if "e" in box:
+            raise box["e"]
+        return box["v"]
+
+    async def run_episode(self, task: dict[str, Any], *, sample_index: int = 0,
+                          group_id: str = "") -> list[Trajectory]:
+        """One episode (retried while it fails retryably); several trajectories if it was split."""
+        trajectories: list[Trajectory] = []
+        if "task_id" in task and (str(task["task_id"]), sample_index) in self.skip:
+            return []
+        for attempt in range(1, self.config.max_retries + 2):
+            trajectories = await self._attempt(task, sample_index, group_id, attempt)
+            if not trajectories:
+                return []
+            error = trajectories[-1].error
+            if error is None or not error.retryable:
+                break
+        for t in trajectories:
+            if self.on_trajectory is not None:
+                self.on_trajectory(t)
+        return trajectories
+
+    async def _attempt(self, task: dict[str, Any], sample_index: int, group_id: str,
+                       attempt: int) -> list[Trajectory]:
+        try:
+            env = self._pool.pop() if self._pool else self.env_fn()
+            env = getattr(env, "unwrapped", env)  # Gymnasium wrappers do not forward ``astep``
+        except Exception as exc:
+            return [self._failed_before_start(task, sample_index, group_id, attempt, exc)]
+        episode = _Episode(self, env, task, sample_index, group_id, attempt)
+        trajectories = await episode.run()
+        if episode.healthy:
+            self._pool.append(env)
+        else:
+            _close_quietly(env)
+        return trajectories
+
+    def _failed_before_start(self, task: dict[str, Any], sample_index: int, group_id: str, attempt: int,
+                             exc: BaseException) -> Trajectory:
+        task_id = str(task.get("task_id", task.get("task_index", "")))
+        return Trajectory(env_id=self.env_id, task_id=task_id, group_id=group_id or task_id,
+                          sample_index=sample_index, error=ErrorRecord.from_exception(exc, "env"), attempts=attempt)
+
+    def close(self) -> None:
+        """Close pooled environments."""
+        while self._pool:
+            _close_quietly(self._pool.pop())
+
+
+def _close_quietly(env: Any) -> None:
+    try:
+        env.close()
+    except Exception:  # closing a broken env must not hide the error that broke it
+        pass
+
+
+@dataclass
+class _SegmentTurns:
+    segment: Segment | None = None
+    turns: list[Turn] = field(default_factory=list)
+
+
+class _Episode:
+    """One attempt at one episode: the turn loop and its bookkeeping."""
+
+    def __init__(self, worker: RolloutWorker, env: Any, task: dict[str, Any], sample_index: int,
+                 group_id: str, attempt: int):
+        self.worker, self.env, self.task_opts = worker, env, task
+        self.cfg = worker.config
+        self.sample_index, self.group_id, self.attempt = sample_index, group_id, attempt
+        self.healthy = True
+        self.messages: list[dict[str, Any]] = []
+        self.tools: list[dict[str, Any]] = []
+        self.segments: list[_SegmentTurns] = [_SegmentTurns()]
+        self.drift: list[DriftEvent] = []
+        self.cost = Cost()
+        self.timings = Timings(started_at=time.time())
+        self.final_info: dict[str, Any] = {}
+        self.turn_rewards: list[float] = []
+        self.exact = True
+        self.error: ErrorRecord | None = None
+        self.terminated = False
+        self.truncated_reason: str | None = None
+        self.builder: TokenTrajectory | None = None
+        self._last_generate_s = 0.0
+        self.task_id = str(task.get("task_id", task.get("task_index", "")))
+        self._t0 = time.perf_counter()
+
+    # ---- the loop ----------------------------------------------------------------------------
+    async def run(self) -> list[Trajectory]:
+        try:
+            await self._reset()
+            if (self.task_id, self.sample_index) in self.worker.skip:
+                return []  # already recorded (resuming a run that named tasks by index)
+            while await self._turn():
+                pass
+        except _Truncate as stop:
+            self.truncated_reason = stop.reason
+        except ToolgymError as exc:
+            self._fail(exc.to_record())
+        except Exception as exc:  # an unexpected crash is this episode's env failure
+            self._fail(ErrorRecord.from_exception(exc, "env"))
+        self.timings.total_s = time.perf_counter() - self._t0
+        return self._trajectories()
+
+    def _fail(self, record: ErrorRecord) -> None:
+        self.error = record
+        self.healthy = False
+
+    async def _reset(self) -> None:
+        if self.cfg.max_turns is not None:
+            self.env.max_turns = self.cfg.max_turns
+        seed = None if self.cfg.seed is None else self.cfg.seed + self.sample_index
+        obs, info = await asyncio.to_thread(self.env.reset, seed=seed, options=dict(self.task_opts))
+        self.task_id = str(info.get("task_id", self.task_id))
+        self.messages, self.tools = obs, info.get("tools") or []
+        fmt = ChatFormat(self.worker.engine.tokenizer, self.tools, chat_template=self.cfg.chat_template)
+        self.builder = TokenTrajectory(fmt, obs, drift_policy=self.cfg.drift_policy, drift_check=self.cfg.drift_check)
+        self.cost.prompt_tokens = self.builder.prompt_len
+
+    async def _turn(self) -> bool:
+        """One assistant turn and the env's reply; False when the episode is over."""
+        b = self.builder
+        assert b is not None
+        budget = min(self.cfg.max_new_tokens, self.cfg.max_total_tokens - len(b.token_ids))
+        if budget <= 0:
+            raise _Truncate("max_total_tokens")
+        completion = await self._generate(list(b.token_ids), budget)
+        start = len(b.token_ids)
+        text = b.add_completion(completion)
+        end = len(b.token_ids)
+        self.cost.completion_tokens += end - start
+        obs, reward, terminated, truncated, info, env_s = await self._step(text)
+        turn = Turn(index=len(self.turn_rewards), start=start, end=end, env_start=end, env_end=end,
+                    finish_reason=completion.finish_reason, reward=float(reward), env_s=env_s,
+                    generate_s=self._last_generate_s, tool_results=_tool_results(obs, info))
+        self.turn_rewards.append(float(reward))
+        self.messages = obs
+        if terminated or truncated:
+            self.terminated = bool(terminated)
+            self.truncated_reason = info.get("truncated_reason") if truncated else None
+            self.segments[-1].turns.append(turn)
+            return False
+        reply = b.add_env_reply(obs)
+        if reply.drift is not None:
+            self.drift.append(reply.drift)
+        turn.env_start, turn.env_end = reply.start, reply.end
+        self.cost.env_tokens += reply.end - reply.start
+        self.segments[-1].turns.append(turn)
+        if reply.closed is not None:
+            self.segments[-1].segment = reply.closed
+            self.segments.append(_SegmentTurns())
+            self.cost.prompt_tokens += b.prompt_len
+        return True
+
+    async def _generate(self, prompt_ids: list[int], budget: int) -> Completion:
+        t = time.perf_counter()
+        params = self.cfg.sampling(budget)
+        chat = ChatPrompt(self.messages, self.tools or None)
+        try:
+            completion = await asyncio.wait_for(self.worker.engine.generate(prompt_ids, params, chat),
+                                                self._timeout(self.cfg.generate_timeout_s))
+        except OverlongPromptError:
+            raise _Truncate("context_length") from None
+        except TimeoutError:
+            if self._out_of_time():
+                raise _Truncate("time_limit") from None
+            raise ModelError(f"generation took longer than {self.cfg.generate_timeout_s}s") from None
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"engine failed: {type(exc).__name__}: {exc}") from exc
+        self._last_generate_s = time.perf_counter() - t
+        self.timings.generate_s += self._last_generate_s
+        if not completion.token_ids:
+            raise ModelError("engine returned an empty completion")
+        self.exact = self.exact and completion.exact
+        return completion
+
+    async def _step(self, text: str) -> tuple[Any, float, bool, bool, dict[str, Any], float]:
+        t = time.perf_counter()
+        try:
+            obs, reward, terminated, truncated, info = await asyncio.wait_for(
+                self.env.astep(text), self._timeout(self.cfg.step_timeout_s))
+        except TimeoutError:
+            self.healthy = False  # the cancelled step left the env mid-turn
+            if self._out_of_time():
+                raise _Truncate("time_limit") from None
+            raise ToolError(f"environment step took longer than {self.cfg.step_timeout_s}s "
+                            "(a tool without its own timeout hung)") from None
+        env_s = time.perf_counter() - t
+        self.timings.env_s += env_s
+        self.cost.tool_s += env_s
+        self.cost.tool_calls += int(info.get("tool_calls", 0))
+        self.cost.tool_errors += int(info.get("tool_errors", 0))
+        self.cost.malformed_calls = int(info.get("total_malformed_calls", self.cost.malformed_calls))
+        self.cost.sandbox_s += float(info.get("sandbox_s", 0.0))
+        if terminated or truncated:
+            self.final_info = info
+            if info.get("error"):
+                self.error = ErrorRecord(**info["error"])
+        return obs, reward, terminated, truncated, info, env_s
+
+    def _timeout(self, own: float | None) -> float | None:
+        if self.cfg.episode_timeout_s is None:
+            return own
+        left = max(0.0, self.cfg.episode_timeout_s - (time.perf_counter() - self._t0))
+        return left if own is None else min(own, left)
+
+    def _out_of_time(self) -> bool:
+        limit = self.cfg.episode_timeout_s
+        return limit is not None and time.perf_counter() - self._t0 >= limit - 1e-3
+
+    # ---- records -----------------------------------------------------------------------------
+    def _trajectories(self) -> list[Trajectory]:
+        if self.builder is not None and self.segments[-1].segment is None:
+            self.segments[-1].segment = self.builder.segment
+        env_version = str(getattr(self.env, "version", ""))
+        spec = getattr(self.env, "spec", None)
+        env_id = getattr(spec, "id", None) or self.worker.env_id
+        versions = {"toolgym": _toolgym_version(), "env": env_version, "model": self.worker.model_version,
+                    "weights": str(getattr(self.worker.engine, "weights_version", 0))}
+        reward = float(sum(self.turn_rewards)) if self.error is None or self.final_info else 0.0
+        out = []
+        for i, part in enumerate(self.segments):
+            seg = part.segment or Segment([], [], [], 0)
+            out.append(Trajectory(
+                env_id=env_id, env_version=env_version, task_id=self.task_id,
+                group_id=self.group_id or self.task_id, sample_index=self.sample_index, segment=i,
+                messages=self.messages, token_ids=seg.token_ids, loss_mask=seg.loss_mask, logprobs=seg.logprobs,
+                prompt_len=seg.prompt_len, turns=part.turns, turn_rewards=[t.reward for t in part.turns],
+                reward=reward, rubric=dict(self.final_info.get("rubric") or {}), terminated=self.terminated,
+                truncated=self.truncated_reason is not None, truncated_reason=self.truncated_reason,
+                error=self.error, attempts=self.attempt, exact=self.exact, drift=list(self.drift),
+                timings=self.timings, cost=self.cost, versions=versions,
+                metadata={"final_reward": self.final_info.get("final_reward"), "segments": len(self.segments)}))
+        return out
+
+
+def _tool_results(obs: list[dict[str, Any]], info: dict[str, Any]) -> list[ToolResultRecord]:
+    """The tool messages this step appended (the env reports counts; the messages hold the text)."""
+    n = int(info.get("tool_calls", 0))
+    msgs = [m for m in obs[len(obs) - n:] if m.get("role") == "tool"] if n else []
+    return [ToolResultRecord(name=str(m.get("name", "")), ok=not str(m.get("content", "")).startswith("Error"),
+                             chars=len(str(m.get("content", "")))) for m in msgs]
+
+
+def _toolgym_version() -> str:
+    import toolgym
+
+    return str(toolgym.__version__)

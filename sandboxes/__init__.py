@@ -1,0 +1,32 @@
+"""Code sandboxes: a resident executor per container (or local process), pooled and hardened.
+
+Open a pool with :func:`open_sandbox_pool` (Docker when an engine answers, a local fallback
+otherwise), acquire one :class:`ExecutorSandbox` per episode and run code in it::
+
+    pool = open_sandbox_pool(SandboxConfig())
+    with pool.acquire() as sandbox:
+        result = sandbox.run("print(1)")          # fresh, isolated child process
+        sandbox.run("x = 1", mode="repl")         # stateful Python session
+        sandbox.run("ls -la", mode="shell")       # shell command
+    pool.close()
+"""
+
+from __future__ import annotations
+
+from toolgym.sandboxes.config import DEFAULT_IMAGE, SandboxConfig
+from toolgym.sandboxes.factory import docker_available, open_sandbox_pool, select_backend
+from toolgym.sandboxes.pool import ExecutorPool, ExecutorSandbox
+from toolgym.sandboxes.protocol import (
+    FileResult,
+    RunMode,
+    RunResult,
+    RunStatus,
+    Sandbox,
+    SandboxInfo,
+    SandboxPool,
+)
+
+__all__ = [
+    "DEFAULT_IMAGE", "ExecutorPool", "ExecutorSandbox", "FileResult", "RunMode", "RunResult", "RunStatus", "Sandbox",
+    "SandboxConfig", "SandboxInfo", "SandboxPool", "docker_available", "open_sandbox_pool", "select_backend",
+]

@@ -1,0 +1,1160 @@
+"""Resident sandbox executor: one long-lived process per sandbox host, stdlib only.
+
+It runs inside each sandbox container (or under the local backend) as the host's only entry point.
+The host connects to a unix socket and sends length-prefixed JSON frames (4-byte big-endian length,
+then UTF-8 JSON). A connection is a *session*: it owns a slot (a work directory and two unprivileged
+uids: one for stateless runs, one for the stateful Python REPL) until it resets or disconnects.
+
+Every stateless run gets a fresh child forked from a pre-imported, otherwise idle copy of this
+process (the zygote, see :class:`Zygote`), prepared ahead of demand: it has already started its
+own session/process group, raised its OOM score, dropped to the slot's uid and entered the work
+directory, and waits for its request. It then sets rlimits (CPU, AS, NPROC, FSIZE, NOFILE), runs
+the code, kills every other process of its uid (``kill(-1)`` as that uid reaches ``setsid``
+escapes too) and reports. The executor enforces the wall-clock timeout and the output cap; on a
+kill it SIGKILLs the child's process group and sweeps the uid itself. The stateful Python session
+is one long-lived child per session (uid of its own) that executes successive cells.
+
+The executor exits by itself when its host-side owner goes away (all connections closed and none
+new within ``--orphan-grace`` seconds), so a SIGKILLed parent leaves no running sandbox behind.
+
+Run: ``python3 -I -S executor.py --socket PATH [--uid-base N] [--no-drop] [--workroot DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import builtins
+import fcntl
+import gc
+import heapq
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+import traceback
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 256 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+
+# ----------------------------------------------------------------------------------------- framing
+def send_frame(sock: socket.socket, obj: dict) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def pop_frames(buf: bytearray) -> list:
+    """Remove and return every complete frame at the head of ``buf``."""
+    out = []
+    while len(buf) >= 4:
+        (n,) = _LEN.unpack_from(buf)
+        if n > MAX_FRAME:
+            raise ValueError("frame too large")
+        if len(buf) < 4 + n:
+            break
+        out.append(json.loads(bytes(buf[4:4 + n])))
+        del buf[:4 + n]
+    return out
+
+
+# ------------------------------------------------------------------------------------- child side
+def _set_limits(limits: dict) -> None:
+    pairs = (("cpu_s", resource.RLIMIT_CPU), ("as_bytes", resource.RLIMIT_AS),
+             ("nproc", resource.RLIMIT_NPROC), ("fsize_bytes", resource.RLIMIT_FSIZE),
+             ("nofile", resource.RLIMIT_NOFILE))
+    for key, which in pairs:
+        value = limits.get(key)
+        if value:
+            try:
+                resource.setrlimit(which, (int(value), int(value)))
+            except (ValueError, OSError):
+                pass
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _enter_child(spec: dict, fds: tuple, keep: tuple) -> tuple:
+    """Common set-up of a forked child: session, stdio, uid, cwd. Runs as root until the drop.
+
+    The descriptors in ``keep`` are moved to 3, 4, ... and every other one is closed; their new
+    numbers are returned. Kept cheap (raw syscalls): it runs on every request.
+    """
+    stdin_fd, out_w, err_w = fds
+    os.setsid()
+    os.dup2(stdin_fd, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    high = max((*keep, stdin_fd, out_w, err_w, 2)) + 1
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, high) for fd in keep]
+    kept = tuple(3 + i for i in range(len(keep)))
+    for src, dst in zip(moved, kept, strict=True):
+        os.dup2(src, dst)
+    os.closerange(3 + len(keep), 1 << 20)
+    # Undo what the executor or the zygote set up for themselves.
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    gc.enable()
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(fd, b"1000")
+        os.close(fd)
+    except OSError:
+        pass
+    if spec.get("drop"):
+        os.setgroups([spec["gid"]])
+        os.setgid(spec["gid"])
+        os.setuid(spec["uid"])
+    os.umask(0o007)
+    os.chdir(spec["cwd"])
+    os.environ["HOME"] = spec["cwd"]
+    return kept
+
+
+def _read_frame(fd: int) -> dict:
+    """Blocking read of one frame from a pipe (the request a prepared child waits for)."""
+    buf = bytearray()
+    while True:
+        frames = pop_frames(buf)
+        if frames:
+            return frames[0]
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            os._exit(0)  # the executor went away before handing over work
+        buf += chunk
+
+
+def _frame(obj: dict) -> bytes:
+    data = json.dumps(obj).encode()
+    return _LEN.pack(len(data)) + data
+
+
+def _write_files(files: dict) -> None:
+    for path, b64 in (files or {}).items():
+        full = os.path.join(os.getcwd(), path)
+        os.makedirs(os.path.dirname(full) or ".", exist_ok=True)
+        with open(full, "wb") as fh:
+            fh.write(base64.b64decode(b64))
+
+
+def _fresh_stdio() -> None:
+    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def _run_cell(code: str, glb: dict, filename: str) -> tuple:
+    """Execute one code cell; return (exit_code, error_kind)."""
+    try:
+        exec(compile(code, filename, "exec"), glb)  # the sandbox's purpose: run untrusted code in a jail
+        return 0, None
+    except SystemExit as exc:
+        if exc.code is None or exc.code == 0:
+            return 0, None
+        if isinstance(exc.code, int):
+            return exc.code, None
+        print(exc.code, file=sys.stderr)
+        return 1, None
+    except MemoryError:
+        return 1, "oom"
+    except BaseException as exc:
+        # Drop this function's own frame: the model should see only its code in the traceback.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        return 1, "exception"
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+
+def _sweep_self(spec: dict) -> None:
+    """Kill every other process of this uid (kill(-1) skips the caller), then reap our own children
+    so no zombies of this run stay behind holding the uid's process count."""
+    if spec.get("drop"):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.001)
+
+
+def _warm_up() -> None:
+    """Touch, while idle, the memory a request will touch: after fork every first write to a page
+    copies it, and doing that here keeps those copies off the request's critical path."""
+    _fresh_stdio()
+    exec(compile("print('', end='')\nx = [i for i in range(3)]", "<warm>", "exec"), {"__builtins__": builtins})
+    pop_frames(bytearray(_frame({"mode": "python", "code": "", "files": None, "limits": {}})))
+    sys.stdout.flush()
+    sys.path.insert(0, os.getcwd())
+    sys.argv = ["-c"]
+
+
+def child_run(spec: dict, fds: tuple, status_w: int, cmd_r: int = -1) -> None:
+    """Body of a stateless run child (python or shell). Never returns.
+
+    With ``cmd_r`` the child is prepared ahead of demand: it enters the sandbox first and then
+    waits for the request on ``cmd_r``, so a request only pays for running the code.
+    """
+    code, kind = 1, "exception"
+    try:
+        if cmd_r >= 0:
+            status_w, cmd_r = _enter_child(spec, fds, (status_w, cmd_r))
+            _warm_up()
+            spec.update(_read_frame(cmd_r))
+            os.close(cmd_r)
+        else:
+            (status_w,) = _enter_child(spec, fds, (status_w,))
+        _set_limits(spec.get("limits") or {})
+        _write_files(spec.get("files"))
+        if spec["mode"] == "shell":
+            pid = os.fork()
+            if pid == 0:
+                for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGXFSZ):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execve("/bin/sh", ["/bin/sh", "-c", spec["code"]], dict(os.environ))
+            _, st = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(st)
+            kind = None
+        else:
+            _fresh_stdio()
+            sys.argv = ["-c"]
+            sys.path.insert(0, os.getcwd())
+            glb = {"__name__": "__main__", "__builtins__": builtins}
+            code, kind = _run_cell(spec["code"], glb, "<sandbox>")
+    except BaseException:
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    _sweep_self(spec)
+    try:
+        os.write(status_w, _frame({"exit": code, "kind": kind}))
+    except OSError:
+        pass
+    os._exit(code & 0xFF if code >= 0 else 1)
+
+
+def child_file_op(spec: dict, fds: tuple, status_w: int) -> None:
+    """Read or write one file as the session uid (so symlinks cannot reach root-only files)."""
+    result: dict = {"ok": False}
+    try:
+        _enter_child(spec, fds, ())
+        path = spec["path"]
+        if spec["op"] == "put":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(base64.b64decode(spec["data"]))
+            if spec.get("mode"):
+                os.chmod(path, int(spec["mode"]))
+            result = {"ok": True}
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(int(spec.get("max_bytes") or MAX_FRAME // 2) + 1)
+            result = {"ok": True, "data": base64.b64encode(data).decode()}
+    except BaseException as exc:
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    os.write(1, json.dumps(result).encode())
+    os._exit(0)
+
+
+def child_repl(spec: dict, fds: tuple, cmd_r: int, ctl_w: int) -> None:
+    """Long-lived REPL child: reads code cells from ``cmd_r``, reports each on ``ctl_w``."""
+    try:
+        cmd_r, ctl_w = _enter_child(spec, fds, (cmd_r, ctl_w))
+        _set_limits(spec.get("limits") or {})
+        _fresh_stdio()
+        sys.argv = ["-c"]
+        sys.path.insert(0, os.getcwd())
+        glb = {"__name__": "__main__", "__builtins__": builtins}
+        reader = os.fdopen(cmd_r, "rb", buffering=0)
+        buf = bytearray()
+        while True:
+            chunk = reader.read(65536)
+            if not chunk:
+                os._exit(0)
+            buf += chunk
+            for cell in pop_frames(buf):
+                _write_files(cell.get("files"))
+                code, kind = _run_cell(cell["code"], glb, "<cell>")
+                _sweep_self(spec)
+                os.write(ctl_w, _frame({"exit": code, "kind": kind}))
+    except BaseException:
+        os._exit(70)
+
+
+# ------------------------------------------------------------------------------------ parent side
+def sweep_uid(uid: int, attempts: int = 40) -> bool:
+    """Kill every process of ``uid``; return True when none is left.
+
+    Waits about a second at most (the loop is blocked meanwhile): a killed process with a large
+    heap takes a moment to be torn down; one that outlives that is reported, not waited for.
+    """
+    for attempt in range(attempts):
+        if not uid_processes(uid):
+            return True
+        if attempt >= 10:
+            time.sleep(0.02)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            except BaseException:
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(0.002)
+    return not uid_processes(uid)
+
+
+def uid_processes(uid: int) -> list:
+    """Live processes of ``uid`` (zombies are dead already and are reaped by their parent or init)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    state = fh.read().rsplit(b")", 1)[1].split()[0]
+                if state not in (b"Z", b"X"):
+                    pids.append(int(name))
+            except (OSError, IndexError):
+                pass
+    return pids
+
+
+def _read_oom_kills() -> int:
+    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+        except OSError:
+            continue
+    return -1
+
+
+class Zygote:
+    """A quiet copy of the executor that does nothing but fork prepared run children.
+
+    After a fork, every page the parent or the child writes is copied. The executor's event loop
+    writes all over its heap, so forking from it costs both processes hundreds of page copies per
+    run; this process is forked once at start-up (before any socket exists), freezes its objects
+    for the garbage collector and then only waits, so its children share a still heap. Requests
+    arrive as SEQPACKET messages carrying the child's pipes (SCM_RIGHTS); the zygote answers
+    ``F <id> <pid>`` and reports each child's exit as ``X <pid> <wait status>``.
+    """
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            mine.close()
+            try:
+                _zygote_loop(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.pid, self.sock, self.next_id = pid, mine, 0
+        self.pending: list = []  # (pid, wait status, may be a prepared child) read while awaiting a fork reply
+
+    def fork(self, spec: dict, fds: list) -> int:
+        """Ask for a prepared run child; blocks until its pid is known.
+
+        Exit reports read meanwhile are queued in ``pending`` (handling them here could re-enter
+        this method); the executor's loop drains the queue.
+        """
+        self.next_id += 1
+        socket.send_fds(self.sock, [json.dumps({"id": self.next_id, "spec": spec}).encode()], fds)
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                raise OSError("zygote exited")
+            pid = self.parse(data, lambda p, st: self.pending.append((p, st, True)), self.next_id)
+            if pid is not None:
+                if pid < 0:
+                    raise OSError("zygote could not fork")
+                # An exit of this pid reported before its fork reply was its previous owner's.
+                self.pending = [(p, st, ok and p != pid) for p, st, ok in self.pending]
+                return pid
+
+    @staticmethod
+    def parse(data: bytes, on_exit, want: int = -1):  # noqa: ANN001, ANN205
+        found = None
+        for line in data.decode().splitlines():
+            kind, a, b = line.split()
+            if kind == "X":
+                on_exit(int(a), int(b))
+            elif int(a) == want:
+                found = int(b)
+        return found
+
+
+def _zygote_loop(sock: socket.socket) -> None:
+    import select
+
+    gc.freeze()  # objects inherited from the executor are never scanned (or written) by the GC again
+    gc.disable()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    while True:
+        try:
+            ready = select.select([sock, wake_r], [], [])[0]
+        except InterruptedError:
+            continue
+        out = []
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            out.append(f"X {pid} {status}")
+        if sock in ready:
+            msg, fds, _, _ = socket.recv_fds(sock, 65536, 8)
+            if not msg:
+                os._exit(0)
+            req = json.loads(msg)
+            try:
+                pid = os.fork()
+            except OSError:
+                pid = -1
+            if pid == 0:
+                child_run(req["spec"], (fds[0], fds[1], fds[2]), fds[3], fds[4])
+            for fd in fds:
+                os.close(fd)
+            out.append(f"F {req['id']} {pid}")
+        if out:
+            sock.send("\n".join(out).encode())
+
+
+class Job:
+    """One child the loop is watching: a run, a file op, or a REPL cell."""
+
+    def __init__(self, conn, kind: str, pid: int, out_r: int, err_r: int, status_r: int, deadline: float,
+                 limit: int, pgid: int) -> None:
+        self.conn, self.kind, self.pid, self.pgid = conn, kind, pid, pgid
+        self.out_r, self.err_r, self.status_r = out_r, err_r, status_r
+        self.out, self.err = bytearray(), bytearray()
+        self.deadline, self.limit = deadline, limit
+        self.started = time.monotonic()
+        self.timed_out = self.truncated = self.done = False
+        self.exited = False
+        self.wait_status = None
+        self.pidfd = -1
+        self.via_zygote = False
+        self.oom_before = _read_oom_kills()
+        self.ctl_buf = bytearray()
+        self.sess = conn.session
+        conn.job = self
+
+
+class Session:
+    def __init__(self, slot: int, uid_run: int, uid_repl: int, gid: int, workdir: str) -> None:
+        self.slot, self.uid_run, self.uid_repl, self.gid, self.workdir = slot, uid_run, uid_repl, gid, workdir
+        self.repl = None  # dict(pid, cmd_w, out_r, err_r, ctl_r)
+        self.warm = None  # a run child prepared ahead of demand: dict(pid, cmd_w, stdin_w, out_r, err_r, status_r)
+
+
+class Executor:
+    """Single-threaded event loop: sockets, child pipes and pidfds on one selector."""
+
+    def __init__(self, args) -> None:
+        self.args = args
+        # Forked before any socket or selector exists, so it holds nothing but the code.
+        self.zygote = Zygote() if not args.no_zygote else None
+        self.zjobs: dict = {}  # pid -> Job, for children of the zygote
+        self.zwarm: set = set()  # prepared zygote children not yet handed a request
+        self.zexited: dict = {}  # pid -> wait status of prepared children that died unused
+        self.sel = selectors.DefaultSelector()
+        self.drop = not args.no_drop and os.geteuid() == 0
+        self.slots: dict = {}
+        self.conns = 0
+        self.last_conn_change = time.monotonic()
+        self.ever_connected = False
+        self.timers: list = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(args.socket)
+        except FileNotFoundError:
+            pass
+        self.listener.bind(args.socket)
+        os.chmod(args.socket, 0o600 if self.drop else 0o666)
+        if args.socket_owner is not None:
+            try:
+                os.chown(args.socket, args.socket_owner, -1)
+            except OSError:
+                pass
+        self.listener.listen(256)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        if self.zygote is not None:
+            self.sel.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
+        os.makedirs(args.workroot, exist_ok=True)
+
+    # -- sessions -------------------------------------------------------------------------------
+    def open_session(self) -> Session | None:
+        for slot in range(self.args.max_sessions):
+            if slot not in self.slots:
+                base = self.args.uid_base + 2 * slot
+                sess = Session(slot, base, base + 1, base, os.path.join(self.args.workroot, f"s{slot}"))
+                self._fresh_dir(sess)
+                self.slots[slot] = sess
+                return sess
+        return None
+
+    def _fresh_dir(self, sess: Session) -> None:
+        shutil.rmtree(sess.workdir, ignore_errors=True)
+        os.makedirs(sess.workdir, exist_ok=True)
+        if self.drop:
+            os.chown(sess.workdir, sess.uid_run, sess.gid)
+            os.chmod(sess.workdir, 0o2770)
+
+    def reset_session(self, sess: Session) -> bool:
+        """Kill every process of the session and wipe its files; True when verified clean."""
+        self._stop_repl(sess)
+        self._drop_warm(sess)
+        clean = True
+        if self.drop:
+            clean = sweep_uid(sess.uid_run) and sweep_uid(sess.uid_repl)
+            for tmp in ("/tmp", "/dev/shm", "/var/tmp"):
+                self._wipe_owned(tmp, (sess.uid_run, sess.uid_repl))
+        self._fresh_dir(sess)
+        try:
+            clean = clean and not os.listdir(sess.workdir)
+        except OSError:
+            clean = False
+        return clean
+
+    @staticmethod
+    def _wipe_owned(root: str, uids: tuple) -> None:
+        try:
+            names = os.listdir(root)
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+                if st.st_uid in uids:
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+            except OSError:
+                pass
+
+    def close_session(self, sess: Session) -> None:
+        self.reset_session(sess)
+        shutil.rmtree(sess.workdir, ignore_errors=True)
+        self.slots.pop(sess.slot, None)
+
+    # -- forking --------------------------------------------------------------------------------
+    def _spec(self, sess: Session, uid: int, req: dict) -> dict:
+        return {"uid": uid, "gid": sess.gid, "drop": self.drop, "cwd": sess.workdir,
+                "limits": req.get("limits") or {}, "tmpdir": "/tmp"}
+
+    def _stdin_fd(self, data: str | None) -> int:
+        fd = os.memfd_create("stdin", 0)
+        if data:
+            os.write(fd, data.encode())
+            os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def start_child(self, conn, kind: str, target, spec: dict, req: dict) -> Job:
+        """Fork a child for this request now (file ops, large stdin)."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        stdin_fd = self._stdin_fd(req.get("stdin"))
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (out_r, out_w, err_r, err_w, status_r, status_w, stdin_fd):
+                os.close(fd)
+            raise
+        if pid == 0:
+            try:
+                target(spec, (stdin_fd, out_w, err_w), status_w)
+            finally:
+                os._exit(71)
+        for fd in (out_w, err_w, status_w, stdin_fd):
+            os.close(fd)
+        return self._job(conn, kind, pid, out_r, err_r, status_r, req)
+
+    def _job(self, conn, kind: str, pid: int, out_r: int, err_r: int, status_r: int, req: dict,
+             zygote: bool = False) -> Job:
+        timeout = float(req.get("timeout") or self.args.default_timeout)
+        job = Job(conn, kind, pid, out_r, err_r, status_r, time.monotonic() + timeout,
+                  int(req.get("output_limit") or 1 << 20), pid)
+        job.via_zygote = zygote
+        self._watch(job)
+        return job
+
+    def on_zygote_exit(self, pid: int, status: int, warm_ok: bool = True) -> None:
+        """A child of the zygote exited (the zygote reaped it and sent its wait status)."""
+        job = self.zjobs.pop(pid, None)
+        if job is not None:
+            job.wait_status, job.exited = status, True
+            self.finish(job, None)
+        elif warm_ok and pid in self.zwarm:
+            self.zexited[pid] = status
+
+    def on_zygote(self) -> None:
+        try:  # non-blocking: a fork reply wait earlier in this batch may have read the packet already
+            data = self.zygote.sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        if not data:
+            # The zygote never runs user code; losing it means the container is in trouble.
+            print("executor: zygote exited", file=sys.stderr)
+            sys.exit(3)
+        Zygote.parse(data, self.on_zygote_exit)
+
+    def prepare(self, sess: Session) -> None:
+        """Fork the session's next run child ahead of demand (it waits for its request)."""
+        if sess.warm is not None:
+            return
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        stdin_r, stdin_w = os.pipe()
+        cmd_r, cmd_w = os.pipe()
+        spec = self._spec(sess, sess.uid_run, {})
+        try:
+            if self.zygote is not None:
+                pid = self.zygote.fork(spec, [stdin_r, out_w, err_w, status_w, cmd_r])
+                self.zwarm.add(pid)
+            else:
+                pid = os.fork()
+        except OSError:
+            for fd in (out_r, out_w, err_r, err_w, status_r, status_w, stdin_r, stdin_w, cmd_r, cmd_w):
+                os.close(fd)
+            raise
+        if pid == 0:
+            try:
+                child_run(spec, (stdin_r, out_w, err_w), status_w, cmd_r)
+            finally:
+                os._exit(71)
+        for fd in (out_w, err_w, status_w, stdin_r, cmd_r):
+            os.close(fd)
+        sess.warm = {"pid": pid, "cmd_w": cmd_w, "stdin_w": stdin_w, "out_r": out_r, "err_r": err_r,
+                     "status_r": status_r}
+
+    def _drop_warm(self, sess: Session) -> None:
+        warm, sess.warm = sess.warm, None
+        if warm is None:
+            return
+        try:
+            os.kill(warm["pid"], signal.SIGKILL)
+            if warm["pid"] not in self.zwarm:
+                os.waitpid(warm["pid"], 0)
+        except OSError:
+            pass
+        self.zwarm.discard(warm["pid"])
+        self.zexited.pop(warm["pid"], None)
+        for key in ("cmd_w", "stdin_w", "out_r", "err_r", "status_r"):
+            os.close(warm[key])
+
+    def start_run(self, conn, sess: Session, req: dict) -> Job:
+        """Hand a run to the session's prepared child (stdin up to a pipe's capacity)."""
+        stdin = (req.get("stdin") or "").encode()
+        if len(stdin) > 60_000:
+            spec = self._spec(sess, sess.uid_run, req)
+            spec.update(mode=req.get("mode", "python"), code=req.get("code", ""), files=req.get("files"),
+                        limits=req.get("limits") or {})
+            return self.start_child(conn, "run", child_run, spec, req)
+        self.prepare(sess)
+        warm, sess.warm = sess.warm, None
+        try:
+            if stdin:
+                os.write(warm["stdin_w"], stdin)
+            os.write(warm["cmd_w"], _frame({"mode": req.get("mode", "python"), "code": req.get("code", ""),
+                                            "files": req.get("files"), "limits": req.get("limits") or {}}))
+        except OSError:
+            pass  # the child died while waiting; its exit is reported like any other
+        os.close(warm["stdin_w"])
+        os.close(warm["cmd_w"])
+        pid = warm["pid"]
+        if pid in self.zwarm:
+            self.zwarm.discard(pid)
+            job = self._job(conn, "run", pid, warm["out_r"], warm["err_r"], warm["status_r"], req, zygote=True)
+            if pid in self.zexited:  # it died while waiting for this request
+                self.on_zygote_exit(pid, self.zexited.pop(pid))
+            return job
+        return self._job(conn, "run", pid, warm["out_r"], warm["err_r"], warm["status_r"], req)
+
+    def _watch(self, job: Job) -> None:
+        for fd, tag in ((job.out_r, "out"), (job.err_r, "err")):
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, (tag, job))
+        if job.kind != "file":
+            os.set_blocking(job.status_r, False)
+            self.sel.register(job.status_r, selectors.EVENT_READ, ("ctl", job))
+        if job.via_zygote:
+            self.zjobs[job.pid] = job
+        else:
+            job.pidfd = os.pidfd_open(job.pid)
+            self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
+        heapq.heappush(self.timers, (job.deadline, id(job), job))
+
+    # -- REPL -----------------------------------------------------------------------------------
+    def _start_repl(self, sess: Session, req: dict) -> dict:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        cmd_r, cmd_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        stdin_fd = self._stdin_fd(None)
+        spec = self._spec(sess, sess.uid_repl, req)
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (out_r, out_w, err_r, err_w, cmd_r, cmd_w, ctl_r, ctl_w, stdin_fd):
+                os.close(fd)
+            raise
+        if pid == 0:
+            try:
+                child_repl(spec, (stdin_fd, out_w, err_w), cmd_r, ctl_w)
+            finally:
+                os._exit(71)
+        for fd in (out_w, err_w, cmd_r, ctl_w, stdin_fd):
+            os.close(fd)
+        for fd in (out_r, err_r, ctl_r):
+            os.set_blocking(fd, False)
+        return {"pid": pid, "cmd_w": cmd_w, "out_r": out_r, "err_r": err_r, "ctl_r": ctl_r}
+
+    def _stop_repl(self, sess: Session) -> None:
+        repl, sess.repl = sess.repl, None
+        if not repl:
+            return
+        try:
+            os.killpg(repl["pid"], signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(repl["pid"], 0)
+        except ChildProcessError:
+            pass
+        for fd in (repl["cmd_w"], repl["out_r"], repl["err_r"], repl["ctl_r"]):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.drop:
+            sweep_uid(sess.uid_repl)
+
+    def start_cell(self, conn, sess: Session, req: dict) -> Job:
+        restarted = sess.repl is None
+        if restarted:
+            sess.repl = self._start_repl(sess, req)
+        repl = sess.repl
+        msg = json.dumps({"code": req.get("code", ""), "files": req.get("files")}).encode()
+        job = Job(conn, "cell", repl["pid"], repl["out_r"], repl["err_r"], repl["ctl_r"],
+                  time.monotonic() + float(req.get("timeout") or self.args.default_timeout),
+                  int(req.get("output_limit") or 1 << 20), repl["pid"])
+        try:
+            os.write(repl["cmd_w"], _LEN.pack(len(msg)) + msg)  # the REPL is idle between cells, so it drains this
+        except OSError:
+            pass
+        self._watch(job)
+        return job
+
+    # -- completion -----------------------------------------------------------------------------
+    def _drain(self, job: Job, fd: int, into: bytearray) -> bool:
+        """Read what is available; False on EOF."""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            room = job.limit - len(job.out) - len(job.err)
+            if room > 0:
+                into += chunk[:room]
+            if len(chunk) > room:
+                job.truncated = True
+                self._kill_job(job)
+                return True
+
+    @staticmethod
+    def _kill_job(job: Job) -> None:
+        for kill, target in ((os.killpg, job.pgid), (os.kill, job.pid)):
+            try:
+                kill(target, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def finish(self, job: Job, status: dict | None) -> None:
+        """Collect a finished (or killed) job, clean up after it and answer its connection.
+
+        A run that reported its status has already swept its uid; it is answered at once and its
+        exit is collected later (the reply does not wait for the kernel to tear the process down).
+        """
+        if job.done:
+            return
+        job.done = True
+        for fd in (job.out_r, job.err_r, job.status_r, job.pidfd):
+            if fd < 0:
+                continue
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        self._drain(job, job.out_r, job.out)
+        self._drain(job, job.err_r, job.err)
+        sess = job.sess
+        if job.kind == "run" and status is None:
+            status = self._read_status(job)
+        if job.kind != "cell":
+            for fd in (job.out_r, job.err_r, job.status_r):
+                os.close(fd)
+            if job.via_zygote:
+                self.zjobs.pop(job.pid, None)  # the zygote reaps it
+                if not job.exited:
+                    self._kill_job(job)
+            elif job.exited:
+                os.close(job.pidfd)
+            else:
+                self._kill_job(job)
+                self.sel.register(job.pidfd, selectors.EVENT_READ, ("reap", job))
+        else:
+            os.close(job.pidfd)
+        reply = self._classify(job, status)
+        if job.kind == "cell" and (job.timed_out or job.truncated or job.exited):
+            # The REPL child is dead or was killed: its state is gone; the next cell starts a fresh one.
+            self._stop_repl(sess)
+            reply["note"] = "The Python session was restarted; earlier variables are gone."
+        elif job.kind == "run" and self.drop and (status is None or job.timed_out or job.truncated):
+            sweep_uid(sess.uid_run)
+        if job.kind == "file":
+            reply = self._file_reply(job)
+        job.conn.job = None
+        job.conn.reply(reply)
+        if job.kind == "run" and sess.slot in self.slots and self.slots[sess.slot] is sess:
+            try:
+                self.prepare(sess)
+            except OSError:
+                pass  # no fork now (memory or pids pressure); the next run forks on demand
+
+    def reap(self, job: Job) -> None:
+        try:
+            self.sel.unregister(job.pidfd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            os.waitpid(job.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        os.close(job.pidfd)
+
+    def abort(self, job: Job) -> None:
+        """Kill a job whose connection went away and collect it synchronously."""
+        self._kill_job(job)
+        if not job.via_zygote:
+            try:
+                _, job.wait_status = os.waitpid(job.pid, 0)
+            except ChildProcessError:
+                pass
+        job.exited = True
+        self.finish(job, None)
+
+    @staticmethod
+    def _read_status(job: Job) -> dict | None:
+        try:
+            job.ctl_buf += os.read(job.status_r, 65536)
+            frames = pop_frames(job.ctl_buf)
+            return frames[-1] if frames else None
+        except (OSError, ValueError):
+            return None
+
+    def _classify(self, job: Job, status: dict | None) -> dict:
+        wall = time.monotonic() - job.started
+        code = status.get("exit") if status else None
+        if code is None and job.wait_status is not None:
+            code = os.waitstatus_to_exitcode(job.wait_status)
+        kind = status.get("kind") if status else None
+        if job.timed_out:
+            result = "timeout"
+        elif job.truncated:
+            result = "output_truncated"
+        elif kind == "oom":
+            result = "oom"
+        elif status is None:
+            # Died without reporting: the kernel's OOM killer, a signal, or os._exit() in user code.
+            oom_now = _read_oom_kills()
+            if oom_now > job.oom_before >= 0:
+                result = "oom"
+            elif code is not None and code < 0:
+                result = "killed"
+            else:
+                result = "ok" if code == 0 else "error"
+        else:
+            result = "ok" if code == 0 else "error"
+        return {"ok": True, "status": result, "exit_code": code,
+                "stdout": job.out.decode("utf-8", "replace"), "stderr": job.err.decode("utf-8", "replace"),
+                "wall_s": wall}
+
+    def _file_reply(self, job: Job) -> dict:
+        try:
+            res = json.loads(bytes(job.out))
+        except ValueError:
+            res = {"ok": False, "error": "file operation failed"}
+        return {"ok": True, "file": res}
+
+    def on_exit(self, job: Job) -> None:
+        try:
+            _, job.wait_status = os.waitpid(job.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        job.exited = True
+        self.finish(job, None)
+
+    def on_ctl(self, job: Job) -> None:
+        try:
+            chunk = os.read(job.status_r, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            # Closed without a report (the child died): stop watching; its exit decides.
+            try:
+                self.sel.unregister(job.status_r)
+            except (KeyError, ValueError):
+                pass
+            return
+        job.ctl_buf += chunk
+        frames = pop_frames(job.ctl_buf)
+        if frames:
+            self.finish(job, frames[-1])
+
+    def on_timer(self) -> float | None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, job = heapq.heappop(self.timers)
+            if not job.done:
+                job.timed_out = True
+                self._kill_job(job)
+        return (self.timers[0][0] - now) if self.timers else None
+
+    # -- request dispatch -----------------------------------------------------------------------
+    def handle(self, conn, req: dict) -> None:
+        op = req.get("op")
+        if op == "ping":
+            conn.reply({"ok": True, "pid": os.getpid(), "sessions": len(self.slots), "drop": self.drop,
+                        "protocol": PROTOCOL_VERSION})
+            return
+        if op == "open":
+            if conn.session is None:
+                conn.session = self.open_session()
+            if conn.session is None:
+                conn.reply({"ok": False, "error": "no free session slot"})
+                return
+            s = conn.session
+            conn.reply({"ok": True, "workdir": s.workdir, "slot": s.slot, "uid": s.uid_run})
+            return
+        sess = conn.session
+        if sess is None:
+            conn.reply({"ok": False, "error": "open a session first"})
+            return
+        if op == "exec":
+            mode = req.get("mode", "python")
+            if mode == "repl":
+                self.start_cell(conn, sess, req)
+            else:
+                self.start_run(conn, sess, req)
+        elif op in ("put", "get"):
+            spec = self._spec(sess, sess.uid_run, req)
+            path = os.path.join(sess.workdir, req["path"])
+            spec.update(op=op, path=path, data=req.get("data"), mode=req.get("mode"),
+                        max_bytes=req.get("max_bytes"))
+            req = dict(req, output_limit=MAX_FRAME, timeout=30)
+            self.start_child(conn, "file", child_file_op, spec, req)
+        elif op == "reset":
+            conn.reply({"ok": True, "clean": self.reset_session(sess)})
+        else:
+            conn.reply({"ok": False, "error": f"unknown op {op!r}"})
+
+    # -- main loop ------------------------------------------------------------------------------
+    def serve(self) -> None:
+        while True:
+            while self.zygote is not None and self.zygote.pending:
+                try:
+                    self.on_zygote_exit(*self.zygote.pending.pop(0))
+                except Exception:
+                    traceback.print_exc(file=sys.stderr)
+            wait = self.on_timer()
+            orphan_wait = self._orphan_check()
+            if orphan_wait is not None:
+                wait = orphan_wait if wait is None else min(wait, orphan_wait)
+            if self.zygote is not None and self.zygote.pending:
+                wait = 0
+            for key, _ in self.sel.select(wait):
+                try:
+                    self._dispatch(key)
+                except Exception:  # one bad event (e.g. fork failing under memory pressure) must not end the loop
+                    traceback.print_exc(file=sys.stderr)
+
+    def _dispatch(self, key) -> None:
+        tag, obj = key.data
+        if isinstance(obj, Job) and obj.done and tag != "reap":
+            return  # a stale event of this batch: the job ended (and its fds were reused) meanwhile
+        if tag == "accept":
+            self._accept()
+        elif tag == "conn":
+            obj.on_readable()
+        elif tag == "exit":
+            self.on_exit(obj)
+        elif tag == "ctl":
+            self.on_ctl(obj)
+        elif tag == "reap":
+            self.reap(obj)
+        elif tag == "zygote":
+            self.on_zygote()
+        else:
+            self._drain(obj, key.fd, obj.out if tag == "out" else obj.err)
+
+    def _orphan_check(self) -> float | None:
+        grace = self.args.orphan_grace
+        if grace <= 0 or self.conns:
+            return None
+        idle = time.monotonic() - self.last_conn_change
+        limit = grace if self.ever_connected else max(grace, 20.0)
+        if idle >= limit:
+            for sess in list(self.slots.values()):
+                self.close_session(sess)
+            sys.exit(0)
+        return limit - idle
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(True)
+        conn = Conn(self, sock)
+        self.conns += 1
+        self.ever_connected = True
+        self.last_conn_change = time.monotonic()
+        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+
+
+class Conn:
+    """One host connection; becomes a session on ``open``. Requests on it are served one at a time."""
+
+    def __init__(self, ex: Executor, sock: socket.socket) -> None:
+        self.ex, self.sock, self.buf, self.session = ex, sock, bytearray(), None
+        self.busy, self.closed, self.queue = False, False, []
+        self.job: Job | None = None
+
+    def on_readable(self) -> None:
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()
+            return
+        self.buf += chunk
+        try:
+            self.queue.extend(pop_frames(self.buf))
+        except ValueError:
+            self.close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        while self.queue and not self.busy and not self.closed:
+            self.busy = True
+            req = self.queue.pop(0)
+            try:
+                self.ex.handle(self, req)
+            except Exception as exc:
+                self.reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    def reply(self, obj: dict) -> None:
+        self.busy = False
+        if self.closed:
+            return
+        try:
+            send_frame(self.sock, obj)
+        except OSError:
+            self.close()
+            return
+        self._next()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.ex.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+        self.ex.conns -= 1
+        self.ex.last_conn_change = time.monotonic()
+        if self.job is not None and not self.job.done:
+            self.ex.abort(self.job)
+        if self.session is not None:
+            self.ex.close_session(self.session)
+            self.session = None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--socket", required=True)
+    p.add_argument("--workroot", default="/work")
+    p.add_argument("--uid-base", type=int, default=100000)
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--default-timeout", type=float, default=30.0)
+    p.add_argument("--orphan-grace", type=float, default=10.0)
+    p.add_argument("--socket-owner", type=int, default=None)
+    p.add_argument("--no-drop", action="store_true", help="run children as the executor's own uid")
+    p.add_argument("--no-zygote", action="store_true", help="fork run children from the executor itself")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # The executor is the zygote: every child is forked from it. Forking and exiting cost grows with
+    # the parent's mapped memory, so it imports only what it needs (and runs with -S, no site).
+    traceback.extract_stack  # noqa: B018 (keep the import used: children print tracebacks)
+    Executor(args).serve()
+
+
+if __name__ == "__main__":
+    main()

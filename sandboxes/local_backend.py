@@ -1,0 +1,144 @@
+"""Local fallback backend: the same executor as a local process, for machines with no Docker engine.
+
+What it isolates:
+    * Every run is a fresh child in its own session/process group with rlimits (CPU, address space,
+      NPROC, FSIZE, NOFILE), a wall-clock timeout and an output cap; its process group is killed
+      afterwards. Its work directory is a private temporary directory, wiped on reset.
+    * Under bubblewrap (``bwrap`` installed and ``local_use_bwrap``): a new mount, PID, IPC, UTS and
+      network namespace (no network), the host's root mounted read-only, a private /tmp, and the
+      executor dies with its parent.
+    * When the process runs as root, children also drop to per-session unprivileged uids (as in
+      Docker), so they cannot signal the executor, read root-only files, or survive a uid sweep.
+
+What it does not isolate:
+    * No cgroup: no memory, CPU-share or pids limit across a session (only the per-process rlimits).
+    * Without bubblewrap: the network, the whole host filesystem (read and, where permissions
+      allow, write) and other processes of the same user are reachable; this is resource control,
+      not a security boundary. Without root, leftovers that left the process group (``setsid``)
+      are not swept by uid.
+    * The kernel is shared (as with Docker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from toolgym.errors import SandboxError
+from toolgym.sandboxes.client import EXECUTOR_SOURCE
+from toolgym.sandboxes.config import SandboxConfig
+from toolgym.sandboxes.pool import ExecutorPool, HostHandle
+
+log = logging.getLogger(__name__)
+
+
+def bwrap_path() -> str | None:
+    """The bubblewrap binary when it is installed and can create namespaces here."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return None
+    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+                           capture_output=True, timeout=10, check=False)
+    return path if probe.returncode == 0 else None
+
+
+def sandbox_python() -> str:
+    """The interpreter the local executor runs: a system one whose stdlib every uid can read.
+
+    Children drop to unprivileged uids, so an interpreter under a private home directory (pyenv,
+    a root-owned venv) could not import modules there. ``TOOLGYM_SANDBOX_PYTHON`` overrides.
+    """
+    for candidate in (os.environ.get("TOOLGYM_SANDBOX_PYTHON"), "/usr/bin/python3", "/usr/local/bin/python3"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+class LocalHosts:
+    """Starts executor processes on this machine (optionally inside bubblewrap)."""
+
+    name = "local"
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.bwrap = bwrap_path() if config.local_use_bwrap else None
+        self.root = Path(tempfile.mkdtemp(prefix="toolgym-local-sandbox-"))
+        self.root.chmod(0o711)  # sandbox uids may pass through to their work directory, not list it
+        self.python = sandbox_python()
+        self.uid_base = 300_000 + (os.getpid() % 2000) * 256
+        log.info("sandbox: local backend (%s, %s)", "bubblewrap" if self.bwrap else "no bubblewrap",
+                 "uid drop" if os.geteuid() == 0 else "no uid drop")
+
+    @property
+    def mode(self) -> str:
+        return "bwrap" if self.bwrap else "process"
+
+    def start_host(self, index: int) -> HostHandle:
+        cfg = self.config
+        host_dir = self.root / f"h{index}"
+        work = host_dir / "work"
+        work.mkdir(parents=True)
+        for path in (host_dir, work):
+            path.chmod(0o711)
+        shutil.copyfile(EXECUTOR_SOURCE, host_dir / "executor.py")
+        (host_dir / "executor.py").chmod(0o600)
+        log_file = host_dir / "executor.log"
+        log_file.touch(mode=0o600)
+        sock = host_dir / "exec.sock"
+        args = ["--socket", str(sock), "--workroot", str(work), "--uid-base", str(self.uid_base + index * 64),
+                "--max-sessions", str(cfg.sessions_per_host), "--default-timeout", str(cfg.timeout_s),
+                "--orphan-grace", str(cfg.orphan_grace_s)]
+        if os.geteuid() != 0:
+            args.append("--no-drop")  # inside bwrap's user namespace uid 0 is not root: no uids to drop to
+        cmd = [self.python, "-I", "-S", str(host_dir / "executor.py"), *args]
+        if self.bwrap:
+            # A private /tmp; the host directory is bound back in, its parents made passable (0711).
+            parents = [p for p in reversed(host_dir.parents) if p.is_relative_to("/tmp") and p != Path("/tmp")]
+            dirs = [arg for p in parents for arg in ("--perms", "0711", "--dir", str(p))]
+            cmd = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                   "--perms", "1777", "--tmpfs", "/tmp", *dirs, "--bind", str(host_dir), str(host_dir),
+                   *self._unshare(), "--die-with-parent", "--new-session", *cmd]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=open(log_file, "wb"), start_new_session=True)
+        except OSError as exc:
+            raise SandboxError(f"could not start local executor: {exc}") from exc
+        return HostHandle(host_id=f"local-{os.getpid()}-{index}", socket_path=str(sock),
+                          data={"proc": proc, "dir": str(host_dir)})
+
+    @staticmethod
+    def _unshare() -> list[str]:
+        # As root keep the real uids (no user namespace) so children can drop to unprivileged ones.
+        if os.geteuid() == 0:
+            return ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        return ["--unshare-all"]
+
+    def stop_host(self, handle: HostHandle) -> None:
+        proc: subprocess.Popen = handle.data["proc"]
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait(timeout=5)
+        shutil.rmtree(handle.data["dir"], ignore_errors=True)
+
+    def reap(self) -> int:
+        """Local executors exit by themselves once their owner is gone (orphan timer, die-with-parent)."""
+        return 0
+
+
+def open_local_pool(config: SandboxConfig) -> ExecutorPool:
+    """A pool of local executor processes."""
+    return ExecutorPool(config, LocalHosts(config))

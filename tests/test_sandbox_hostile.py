@@ -1,0 +1,216 @@
+"""Hostile code: every attack ends in a typed result in bounded time, loses nothing, leaks nothing.
+
+Each case runs against Docker and, where the local backend isolates it, the local backend. While the
+attack runs, a neighbouring episode keeps running code and must see only correct results; after it,
+a fresh episode must work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+from conftest_docker import any_pool, open_pool  # noqa: F401
+
+from toolgym.sandboxes import ExecutorPool, RunStatus
+
+S = RunStatus
+COUNT_MY_OTHER_PROCESSES = (
+    "import os\n"
+    "me = os.getpid()\n"
+    "print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) != me\n"
+    "          and os.stat('/proc/' + p).st_uid == os.getuid()))"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    code: str
+    statuses: frozenset[RunStatus]
+    mode: str = "python"
+    timeout: float = 2.0
+    expect: str = ""  # substring of stdout+stderr
+    backends: tuple[str, ...] = ("docker", "local")
+    needs_root_locally: bool = False  # uid drop (root) makes the local backend isolate this
+    needs_bwrap_locally: bool = False
+    same_session_after: str = ""  # code whose stdout must be "0\n" in the same session afterwards
+
+
+CASES = [
+    Case("infinite_loop", "while True: pass", frozenset({S.TIMEOUT}), timeout=1.0),
+    Case("ignores_sigterm", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+         "while True: time.sleep(0.01)", frozenset({S.TIMEOUT}), timeout=1.0),
+    Case("fork_bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+         frozenset({S.TIMEOUT, S.ERROR, S.KILLED}), needs_root_locally=True,
+         same_session_after=COUNT_MY_OTHER_PROCESSES),
+    Case("shell_fork_bomb", ":(){ :|:& };:", frozenset({S.OK, S.ERROR, S.TIMEOUT, S.KILLED}), mode="shell",
+         needs_root_locally=True, same_session_after=COUNT_MY_OTHER_PROCESSES),
+    Case("memory_bomb", "x = []\nwhile True:\n    x.append(bytearray(16 << 20))", frozenset({S.OOM})),
+    Case("huge_allocation", "b = bytearray(8 << 30)", frozenset({S.OOM})),
+    Case("output_flood", "import sys\nchunk = 'x' * 65536\nwhile True:\n    sys.stdout.write(chunk)",
+         frozenset({S.OUTPUT_TRUNCATED})),
+    Case("shell_output_flood", "yes flood", frozenset({S.OUTPUT_TRUNCATED}), mode="shell"),
+    Case("stderr_flood", "import os\nwhile True:\n    os.write(2, b'e' * 65536)", frozenset({S.OUTPUT_TRUNCATED})),
+    Case("big_file", "with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * (1 << 20))",
+         frozenset({S.ERROR}), expect="File too large"),
+    Case("disk_fill", "i = 0\nwhile True:\n    with open(f'f{i}', 'wb') as f:\n        f.write(b'0' * (4 << 20))\n"
+         "    i += 1", frozenset({S.ERROR}), expect="No space left", timeout=10.0, backends=("docker",)),
+    Case("network_egress", "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)",
+         frozenset({S.ERROR}), expect="OSError", timeout=5.0, needs_bwrap_locally=True),
+    Case("write_outside_workdir", "open('/usr/lib/pwned', 'w').write('x')", frozenset({S.ERROR}),
+         expect="Error", needs_root_locally=True),
+    Case("write_etc_shell", "echo x > /etc/pwned", frozenset({S.ERROR}), mode="shell",
+         needs_root_locally=True),
+    Case("read_executor_channel", "print(open('/run/toolgym/executor.py').read())", frozenset({S.ERROR}),
+         expect="PermissionError", backends=("docker",)),
+    Case("read_root_only_file", "print(open('/etc/shadow').read())", frozenset({S.ERROR}),
+         expect="PermissionError", needs_root_locally=True),
+    Case("kill_executor", "import os, signal\nfor pid in (1, os.getppid()):\n    try:\n"
+         "        os.kill(pid, signal.SIGKILL)\n    except OSError as e:\n        print(type(e).__name__)\n"
+         "os.kill(-1, signal.SIGKILL)\nprint('alive')", frozenset({S.OK}), expect="PermissionError",
+         needs_root_locally=True, same_session_after="print(0)"),
+    Case("setsid_escape", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+         "        time.sleep(1000)\n    os._exit(0)\nprint('parent done')", frozenset({S.OK}),
+         needs_root_locally=True, same_session_after=COUNT_MY_OTHER_PROCESSES),
+    Case("shell_setsid_escape", "setsid sleep 1000 > /dev/null 2>&1 & echo started", frozenset({S.OK}),
+         mode="shell", needs_root_locally=True, same_session_after=COUNT_MY_OTHER_PROCESSES),
+    Case("zombie_storm", "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+         "            os._exit(0)\n        n += 1\nexcept OSError:\n    print('stopped')", frozenset({S.OK}),
+         expect="stopped", needs_root_locally=True, same_session_after=COUNT_MY_OTHER_PROCESSES),
+    Case("fd_exhaustion", "fs = []\nwhile True:\n    fs.append(open('/dev/null'))", frozenset({S.ERROR}),
+         expect="Too many open files"),
+    Case("repl_memory_bomb", "x = []\nwhile True:\n    x.append(bytearray(16 << 20))", frozenset({S.OOM}),
+         mode="repl"),
+    Case("repl_infinite_loop", "while True: pass", frozenset({S.TIMEOUT}), mode="repl", timeout=1.0),
+]
+
+
+class Neighbour:
+    """Another episode that keeps running small programs while the attack runs."""
+
+    def __init__(self, pool: ExecutorPool):
+        self.sandbox = pool.acquire()
+        self.failures: list[str] = []
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            n = self.runs
+            res = self.sandbox.run(f"print({n} + 1)", timeout=30)
+            if res.status is not RunStatus.OK or res.stdout != f"{n + 1}\n":
+                self.failures.append(repr(res))
+            self.runs += 1
+            time.sleep(0.05)
+
+    def finish(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.sandbox.close()
+
+
+def _skip_if_not_isolated(case: Case, pool: ExecutorPool) -> None:
+    if pool.backend not in case.backends:
+        pytest.skip(f"{case.name}: the {pool.backend} backend does not isolate this (see its docstring)")
+    if pool.backend == "local":
+        if case.needs_root_locally and os.geteuid() != 0:
+            pytest.skip(f"{case.name}: the local backend isolates this only when run as root")
+        if case.needs_bwrap_locally and pool.backend_impl.mode != "bwrap":
+            pytest.skip(f"{case.name}: the local backend isolates this only under bubblewrap")
+
+
+def _attack(pool: ExecutorPool, case: Case) -> None:
+    neighbour = Neighbour(pool)
+    try:
+        with pool.acquire() as sb:
+            start = time.monotonic()
+            res = sb.run(case.code, mode=case.mode, timeout=case.timeout)  # type: ignore[arg-type]
+            elapsed = time.monotonic() - start
+            assert res.status in case.statuses, res
+            assert elapsed < case.timeout + pool.config.grace_s + 15, elapsed
+            assert case.expect in res.stdout + res.stderr, res
+            if case.same_session_after:
+                # Killed processes are reaped by the container's init a moment later: poll briefly.
+                deadline = time.monotonic() + 5
+                after = sb.run(case.same_session_after, timeout=10)
+                while after.stdout != "0\n" and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    after = sb.run(case.same_session_after, timeout=10)
+                assert after.status is RunStatus.OK and after.stdout == "0\n", after
+        with pool.acquire() as fresh:
+            nxt = fresh.run("import os; print('next', len(os.listdir('.')))", timeout=10)
+            assert nxt.status is RunStatus.OK and nxt.stdout == "next 0\n", nxt
+    finally:
+        neighbour.finish()
+    assert neighbour.runs > 0 and neighbour.failures == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_code(any_pool, case):  # noqa: F811
+    _skip_if_not_isolated(case, any_pool)
+    _attack(any_pool, case)
+
+
+PACKED = ("infinite_loop", "fork_bomb", "memory_bomb", "output_flood", "kill_executor", "setsid_escape",
+          "zombie_storm", "fd_exhaustion", "repl_memory_bomb")
+
+
+@pytest.fixture(scope="module")
+def packed_pool():
+    pool = open_pool("docker", pool_size=1, max_hosts=1, sessions_per_host=4, pids=512)
+    yield pool
+    pool.close()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", PACKED)
+def test_hostile_code_beside_a_neighbour_in_the_same_container(packed_pool, name):
+    """Episodes packed into one container are kept apart by uid and rlimits (not disk: see docs)."""
+    _attack(packed_pool, next(c for c in CASES if c.name == name))
+
+
+@pytest.mark.docker
+def test_container_memory_limit_reports_oom():
+    pool = open_pool("docker", memory_mb=128, run_memory_mb=2048, pool_size=1)
+    try:
+        with pool.acquire() as sb:
+            touch = "x = bytearray(400 << 20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1"
+            assert sb.run(touch, timeout=20).status is RunStatus.OOM
+            assert sb.run("print('after')").stdout == "after\n"
+            repl = sb.run(touch, mode="repl", timeout=20)
+            assert repl.status is RunStatus.OOM and "restarted" in repl.note
+            assert sb.run("print('after')", mode="repl").stdout == "after\n"
+    finally:
+        pool.close()
+
+
+@pytest.mark.docker
+def test_frozen_executor_is_declared_lost_and_replaced():
+    import docker
+
+    pool = open_pool("docker", grace_s=2.0)
+    pool_label = f"toolgym.pool={pool.backend_impl.pool_id}"
+    try:
+        sb = pool.acquire()
+        cid = next(h.data["container_id"] for h in pool.handles() if h.host_id == sb.info.host_id)
+        docker.from_env().api.pause(cid)
+        start = time.monotonic()
+        res = sb.run("print(1)", timeout=1.0)
+        assert res.status is RunStatus.SANDBOX_LOST
+        assert time.monotonic() - start < 1.0 + 2.0 + 5
+        again = sb.run("print(2)")
+        assert again.ok and again.stdout == "2\n"
+        sb.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and cid in [h.data["container_id"] for h in pool.handles()]:
+            time.sleep(0.2)
+        assert cid not in [h.data["container_id"] for h in pool.handles()]
+    finally:
+        pool.close()
+    assert docker.from_env().containers.list(all=True, filters={"label": pool_label}) == []

@@ -1,0 +1,290 @@
+"""``toolgym train``: the Hydra application that runs a recipe end to end.
+
+    toolgym train                                   # the default recipe (tiny model, CPU, minutes)
+    toolgym train trainer.steps=40 seed=1           # override anything
+    toolgym train -m trainer.loss.loss_type=grpo,dapo seed=0,1   # a sweep (multirun)
+    toolgym train resume=true                       # continue the last run of this run_dir
+
+A run directory holds the resolved config (``.hydra/``), ``metrics.jsonl``, TensorBoard events,
+``reward_curve.png``, ``checkpoints/`` and ``summary.json`` (held-out reward before and after).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from rich.console import Console
+
+import toolgym
+from toolgym.rollouts.engines.base import EngineConfig
+from toolgym.rollouts.worker import RolloutConfig, RolloutWorker
+from toolgym.trainers import grpo
+from toolgym.trainers.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from toolgym.trainers.model import ModelConfig, load_policy
+from toolgym.trainers.sft import demonstration_samples, sft, trajectory_samples
+
+log = logging.getLogger("toolgym.train")
+console = Console()
+
+
+@dataclass
+class EnvConfig:
+    """Which environment to train on, its constructor arguments, and its splits."""
+
+    id: str = "toolgym/Arithmetic-v0"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    eval_split: str = "eval"
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``toolgym train`` needs; YAML under conf/ fills it in."""
+
+    recipe: str = "custom"
+    seed: int = 0
+    run_dir: str = "runs/custom"
+    resume: bool = False
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval_rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
+    trainer: grpo.TrainerConfig = field(default_factory=grpo.TrainerConfig)
+    tensorboard: bool = True
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore; YAML files extend ``train_schema``."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+# ---- set-up ----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
+    """The rollout engine, sharing weights with the policy where it can."""
+    if cfg.engine.kind == "hf":
+        from toolgym.rollouts.engines.hf import HFEngine
+
+        tokenizer.padding_side = "left"
+        return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size)
+    from toolgym.rollouts.engines import make_engine as build
+
+    return build(cfg.engine)
+
+
+def make_workers(cfg: TrainConfig, engine: Any) -> tuple[RolloutWorker, RolloutWorker, Any, Any]:
+    def env_fn(split: str) -> Any:
+        return toolgym.make(cfg.env.id, split=split, **cfg.env.kwargs).unwrapped
+
+    train_env, eval_env = env_fn(cfg.env.train_split), env_fn(cfg.env.eval_split)
+    train = RolloutWorker(engine, lambda: env_fn(cfg.env.train_split), cfg.rollout, env_id=cfg.env.id)
+    held_out = RolloutWorker(engine, lambda: env_fn(cfg.env.eval_split), cfg.eval_rollout, env_id=cfg.env.id)
+    return train, held_out, train_env, eval_env
+
+
+class RunLog:
+    """metrics.jsonl, TensorBoard and the console line, in one place."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except Exception as exc:  # TensorBoard missing or broken: keep training
+                log.warning("TensorBoard disabled: %s", exc)
+
+    def write(self, kind: str, step: int, metrics: dict[str, float]) -> None:
+        grpo.write_jsonl(self.path, {"kind": kind, "step": step, **metrics})
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{kind}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curve(run_dir: Path) -> Path | None:
+    """reward_curve.png from metrics.jsonl: train reward per step and held-out evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["reward_mean"]) for r in rows if r["kind"] == "train"]
+    evals = [(r["step"], r["reward"]) for r in rows if r["kind"] == "eval"]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train reward (sampled)")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="held-out reward (greedy)")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("reward")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "reward_curve.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ---- the run ---------------------------------------------------------------------------------
+def warm_start(cfg: TrainConfig, model: Any, engine: Any, train_env: Any, pad_id: int) -> list[float]:
+    from toolgym.rollouts.records import read_trajectories
+    from toolgym.rollouts.tokens import ChatFormat
+
+    scfg = cfg.trainer.sft
+    if scfg.steps <= 0:
+        return []
+    if scfg.jsonl:
+        samples = trajectory_samples(read_trajectories(scfg.jsonl))
+    else:
+        fmt = ChatFormat(engine.tokenizer, [t.schema for t in train_env.tools.values()],
+                         chat_template=cfg.rollout.chat_template)
+        samples = demonstration_samples(train_env, scfg.demonstrations, fmt)
+    every = max(1, scfg.steps // 5)
+
+    def show(step: int, loss: float) -> None:
+        if step % every == 0 or step == scfg.steps - 1:
+            console.print(f"sft step {step:4d}  loss {loss:.4f}")
+
+    return sft(model, samples, scfg, pad_id=pad_id, seed=cfg.seed, log=show)
+
+
+def evaluate(cfg: TrainConfig, model: Any, held_out: RolloutWorker, eval_env: Any) -> dict[str, float]:
+    model.eval()
+    return grpo.evaluate(held_out, len(eval_env.tasks), cfg.trainer.eval_episodes)
+
+
+def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Run a recipe; returns (and writes) the summary."""
+    started = time.perf_counter()
+    tcfg = cfg.trainer
+    seed_everything(cfg.seed)
+    model, tokenizer = load_policy(cfg.model, seed=cfg.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    engine = make_engine(cfg, model, tokenizer)
+    worker, held_out, train_env, eval_env = make_workers(cfg, engine)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                                  weight_decay=tcfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, grpo.learning_rate_lambda(tcfg))
+    run_log = RunLog(run_dir, cfg.tensorboard)
+    state: dict[str, Any] = {"step": 0}
+    latest = find_latest(run_dir / "checkpoints") if cfg.resume else None
+    if latest is not None:
+        loaded = load_checkpoint(latest, model, optimizer, scheduler)
+        state = dict(loaded.data_state)
+        console.print(f"resumed from {latest.name} (step {state['step']})")
+    else:
+        if (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir / "checkpoints")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        state["eval_before"] = evaluate(cfg, model, held_out, eval_env)
+        console.print(f"held-out reward before training: {state['eval_before']['reward']:.3f}")
+        run_log.write("eval", 0, {**state["eval_before"], "phase_before": 1.0})
+        sft_losses = warm_start(cfg, model, engine, train_env, pad_id)
+        engine.update_weights()
+        if sft_losses:
+            state["eval_after_sft"] = evaluate(cfg, model, held_out, eval_env)
+            console.print(f"held-out reward after SFT warm start: {state['eval_after_sft']['reward']:.3f}")
+            run_log.write("eval", 0, state["eval_after_sft"])
+        state["sft_final_loss"] = sft_losses[-1] if sft_losses else None
+        save_checkpoint(run_dir / "checkpoints", 0, model, optimizer, scheduler, data_state=state,
+                        keep_last=tcfg.keep_checkpoints)
+    for step in range(state["step"] + 1, tcfg.steps + 1):
+        state["step"] = step
+        metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, train_env, pad_id)
+        run_log.write("train", step, metrics)
+        console.print(f"step {step:3d}  reward {metrics['reward_mean']:.3f}±{metrics['reward_std']:.3f}  "
+                      f"pass {metrics['pass_rate']:.2f}  kl {metrics.get('kl', 0.0):.4f}  "
+                      f"clip {metrics.get('clip_ratio/region_mean', 0.0):.3f}  "
+                      f"tok/s {metrics['tokens_per_s']:.0f}  gen {metrics['generate_s']:.1f}s "
+                      f"train {metrics['train_s']:.1f}s")
+        if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
+            run_log.write("eval", step, evaluate(cfg, model, held_out, eval_env))
+        if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
+            save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler, data_state=state,
+                            keep_last=tcfg.keep_checkpoints)
+    after = evaluate(cfg, model, held_out, eval_env)
+    run_log.write("eval", tcfg.steps, after)
+    run_log.close()
+    engine.close()
+    summary = {"recipe": cfg.recipe, "env": cfg.env.id, "model": cfg.model.name_or_path, "seed": cfg.seed,
+               "loss": tcfg.loss.loss_type, "steps": tcfg.steps,
+               "eval_reward_before": state["eval_before"]["reward"],
+               "eval_reward_after_sft": state.get("eval_after_sft", {}).get("reward"),
+               "eval_reward_after": after["reward"], "eval_pass_rate_after": after["pass_rate"],
+               "eval_episodes": cfg.trainer.eval_episodes, "wall_s": round(time.perf_counter() - started, 1),
+               "resumed": latest is not None, "toolgym_version": toolgym.__version__}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_curve(run_dir)
+    return summary
+
+
+def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler: Any, engine: Any,
+             worker: RolloutWorker, train_env: Any, pad_id: int) -> dict[str, float]:
+    """Rollouts, advantages and one update; seeded by (seed, step) so a resumed run repeats it."""
+    tcfg = cfg.trainer
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    torch.manual_seed(cfg.seed * 1_000_003 + step)
+    model.eval()
+    (groups, sample_stats), generate_s = grpo.timed(lambda: grpo.collect(worker, tcfg, len(train_env.tasks), rng))
+    batch = grpo.build_batch(groups, tcfg, pad_id)
+    update, train_s = grpo.timed(lambda: grpo.policy_update(model, optimizer, batch, tcfg, cfg.rollout.temperature))
+    scheduler.step()
+    engine.update_weights()
+    return grpo.step_metrics(groups, {**update, **sample_stats}, {"generate_s": generate_s, "train_s": train_s})
+
+
+def _hydra_main(cfg: Any) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    typed: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    summary = train(typed, run_dir)
+    console.print_json(json.dumps(summary))
+    console.print(f"run directory: {run_dir}")
+    return float(summary["eval_reward_after"])  # the objective sweepers (Optuna) maximise
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for ``toolgym train ARGS``: hands the arguments to Hydra."""
+    import hydra
+
+    register_configs()
+    app = hydra.main(config_path="pkg://toolgym.conf", config_name="train", version_base="1.3")(_hydra_main)
+    saved = sys.argv
+    sys.argv = ["toolgym train", *argv]
+    try:
+        app()
+    finally:
+        sys.argv = saved
+    return 0
