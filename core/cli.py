@@ -53,6 +53,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from toolgym.envs.conformance import run_checks
 
     ids = args.env_ids or list(toolgym.registered())
+    for env_id in ids:
+        toolgym.spec(env_id)  # an unknown id is a usage error (exit 2) naming the closest ids
     failed = 0
     for env_id in ids:
         report = run_checks(env_id)

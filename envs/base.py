@@ -69,14 +69,16 @@ class ToolEnv(gym.Env):
     """Base class of every toolgym environment. Subclasses override the hooks below."""
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
-    system_prompt: ClassVar[str] = ""
+    system_prompt: str = ""
     default_max_turns: ClassVar[int] = 8
     version: ClassVar[str] = "0"
 
     def __init__(self, *, split: str = "train", max_turns: int | None = None, max_tokens: int | None = None,
                  tool_timeout: float | None = None, tool_format: str = "auto", render_mode: str | None = None,
-                 tasks: TaskSource | None = None):
+                 tasks: TaskSource | None = None, system_prompt: str | None = None):
         self.split = split
+        if system_prompt is not None:  # per-instance override of the class's prompt
+            self.system_prompt = system_prompt
         self.max_turns = max_turns or self.default_max_turns
         self.max_tokens = max_tokens
         self.tool_format = tool_format

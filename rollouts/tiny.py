@@ -12,8 +12,8 @@
   Hermes ``<tool_call>`` text round-trips. :data:`THINKING_CHAT_TEMPLATE` is a variant that drops
   the ``<think>`` block of every past assistant turn (as reasoning models' templates do);
 * the model is a randomly initialised Qwen2 (``size="tiny"``: ~0.2M parameters, trains on two CPU
-  cores in minutes; ``size="mini"``: ~1.1M parameters, slower but learns copying and arithmetic
-  formats better; ``size="small"``: ~15M parameters for GPU demos).
+  cores in minutes; ``size="mini"``: ~1.1M parameters, about four times the compute per step;
+  ``size="small"``: ~15M parameters for GPU demos).
 
 Builds are cached by ``(seed, size)``: a directory that already holds a matching build is reused.
 

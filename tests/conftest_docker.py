@@ -33,8 +33,11 @@ def small_config(backend: str, **overrides: object) -> SandboxConfig:
 
 
 def open_pool(backend: str, **overrides: object) -> ExecutorPool:
+    """Open a test pool; ``"local-process"`` is the local backend without bubblewrap."""
     if backend == "docker":
         require_docker()
+    if backend == "local-process":
+        backend, overrides = "local", {"local_use_bwrap": False, **overrides}
     pool = open_sandbox_pool(small_config(backend, **overrides))
     assert pool.backend == backend
     pool.wait_ready()
@@ -55,7 +58,7 @@ def local_pool() -> Iterator[ExecutorPool]:
     pool.close()
 
 
-BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "local"]
+BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "local", "local-process"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -206,7 +206,7 @@ def test_episodes_overlap_tool_waits_with_generation(tok):
         generated_while_tools_ran.append(IN_FLIGHT["now"])
         last = chat.messages[-1]
         # tasks differ in tool latency, so fast episodes come back while slow ones still wait
-        return call("slow", seconds=0.02 + 0.05 * int(last["content"][-1])) if last["role"] == "user" else "ok"
+        return call("slow", seconds=0.02 + 0.15 * int(last["content"][-1])) if last["role"] == "user" else "ok"
 
     worker = RolloutWorker(ScriptedEngine(tok, script), Toy)
     trajs = worker.run_sync([RolloutRequest({"task_index": i}, group_size=4) for i in range(4)])
@@ -252,7 +252,7 @@ def test_hung_tool_fails_only_its_episode(tok):
             return "ok"
         return call("hang") if chat.messages[-1]["content"] == "Task 0" else call("slow", seconds=0.01)
 
-    cfg = RolloutConfig(step_timeout_s=0.3, max_retries=0)
+    cfg = RolloutConfig(step_timeout_s=0.6, max_retries=0)
     trajs = RolloutWorker(ScriptedEngine(tok, script), Toy, cfg).run_sync(
         [RolloutRequest({"task_index": i}) for i in range(3)])
     by_task = {t.task_id: t for t in trajs}
@@ -314,9 +314,9 @@ def test_env_factory_failure_is_recorded(tok):
 
 def test_episode_wall_time_truncates(tok):
     engine = ScriptedEngine(tok, [call("slow", seconds=0.2)])
-    cfg = RolloutConfig(episode_timeout_s=0.3, max_turns=20)
+    cfg = RolloutConfig(episode_timeout_s=0.5, max_turns=20)
     [t] = RolloutWorker(engine, Toy, cfg).run_sync([RolloutRequest({"task_index": 0})])
-    assert t.truncated_reason == "time_limit" and t.error is None and 1 <= len(t.turns) <= 2
+    assert t.truncated_reason == "time_limit" and t.truncated and t.error is None and len(t.turns) <= 3
 
 
 def test_split_policy_makes_segments(tok):

@@ -174,7 +174,7 @@ def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
                            sampler_logprobs=m.sampler_logprobs)
         out.loss.backward()
         share = float(m.mask.sum()) / totals.num_tokens
-        sums["loss"] = sums.get("loss", 0.0) + float(out.loss)
+        sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
         entropy_proxy = -float((lp.detach() * m.mask).sum()) / max(float(m.mask.sum()), 1.0)
         sums["neg_logprob"] = sums.get("neg_logprob", 0.0) + entropy_proxy * share
         for k, v in out.metrics.items():

@@ -68,7 +68,7 @@ def sft(model: torch.nn.Module, samples: list[tuple[list[int], list[int]]], cfg:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log is not None:
-            log(step, float(loss))
+            log(step, losses[-1])
     return losses
