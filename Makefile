@@ -22,6 +22,6 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: venv
-	bash .ci/docker-up.sh
+	bash .ci/docker-up.sh || { [ "$${CI:-}" != "true" ] && echo "make test: no Docker engine, docker tests will skip"; }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q

@@ -115,3 +115,4 @@ def register_builtins() -> None:
     """The environments that ship with toolgym (their modules load only when made)."""
     register("toolgym/Arithmetic-v0", entry_point="toolgym.envs.arithmetic:ArithmeticEnv")
     register("toolgym/SearchQA-v0", entry_point="toolgym.envs.search_qa:SearchQAEnv")
+    register("toolgym/PythonCode-v0", entry_point="toolgym.envs.python_code:PythonCodeEnv")

@@ -122,8 +122,9 @@ SYSTEM_PROMPT = (
 )
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
 _HARNESS = """
-import sys
-sys.path[:] = [p for p in sys.path if p not in ('', '.') and not p.startswith('/work')]
+import os, sys
+_cwd = os.getcwd()
+sys.path[:] = [p for p in sys.path if p not in ('', '.', _cwd)]  # no module the model wrote is imported
 _calls = {calls!r}
 _ns = {{"__name__": "solution"}}
 try:

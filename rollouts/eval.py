@@ -26,7 +26,8 @@ from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` sub-command to a ``toolgym`` argparse parser."""
     p = subparsers.add_parser("eval", help="evaluate a model on an environment (resumable)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=(__doc__ or "").replace("``", ""),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("env_id", help="environment id, e.g. toolgym/Arithmetic-v0")
     p.add_argument("--model", required=True, help="checkpoint path, hub id, served model name, or 'tiny'")
     p.add_argument("--engine", choices=("hf", "vllm", "openai"), default="hf")

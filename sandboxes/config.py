@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 DEFAULT_IMAGE = "toolgym-sandbox:bookworm"
 
@@ -41,7 +40,7 @@ class SandboxConfig:
         256
     """
 
-    backend: Literal["auto", "docker", "local"] = "auto"
+    backend: str = "auto"  # auto | docker | local (a str so Hydra configs can set it)
     image: str = DEFAULT_IMAGE
     pool_size: int = 2
     max_hosts: int = 64

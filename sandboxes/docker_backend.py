@@ -174,6 +174,9 @@ class DockerHosts:
         """Remove sandbox containers whose owner process on this machine is dead."""
         return reap_orphans(self.client, self.hostname, self.run_root)
 
+    def close(self) -> None:
+        """Nothing pool-wide to release: each container's socket directory goes with it."""
+
 
 def reap_orphans(client, hostname: str | None = None, run_root: Path | None = None) -> int:  # noqa: ANN001
     """Remove every toolgym sandbox container of this machine whose owner process is gone."""
@@ -199,7 +202,27 @@ def reap_orphans(client, hostname: str | None = None, run_root: Path | None = No
             log.debug("sandbox: reaping %s: %s", name, exc)
         if run_root is not None:
             shutil.rmtree(run_root / name, ignore_errors=True)
+    if run_root is not None:
+        _remove_stale_run_dirs(client, run_root)
     return removed
+
+
+def _remove_stale_run_dirs(client, run_root: Path, min_age_s: float = 120.0) -> None:  # noqa: ANN001
+    """Socket directories of containers that removed themselves (orphan exit, auto-remove)."""
+    try:
+        alive = {n.lstrip("/") for info in client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
+                 for n in info.get("Names") or []}
+        entries = list(run_root.iterdir())
+    except Exception:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            old = now - entry.stat().st_mtime > min_age_s  # a pool elsewhere may be creating it right now
+        except OSError:
+            continue
+        if entry.name.startswith("toolgym-sbx-") and entry.name not in alive and old:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def open_docker_pool(config: SandboxConfig) -> ExecutorPool:

@@ -138,6 +138,9 @@ class LocalHosts:
         """Local executors exit by themselves once their owner is gone (orphan timer, die-with-parent)."""
         return 0
 
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
 
 def open_local_pool(config: SandboxConfig) -> ExecutorPool:
     """A pool of local executor processes."""

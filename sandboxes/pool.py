@@ -40,6 +40,8 @@ class HostBackend(Protocol):
 
     def reap(self) -> int: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass
 class HostHandle:
@@ -312,6 +314,7 @@ class ExecutorPool:
         for host in hosts:
             self._stop(host)
         self._stopper.shutdown(wait=True)
+        self.backend_impl.close()
 
     def __enter__(self) -> ExecutorPool:
         return self

@@ -105,3 +105,14 @@ def test_conformance_checks_pass(backend):
     finally:
         close_shared_pools()
     assert report.passed, [(r.name, r.detail) for r in report.results if not r.passed]
+
+
+def test_hidden_tests_need_a_self_contained_solution(any_pool):  # noqa: F811
+    task = next(t for t in TASKS if t.name == "add")
+    tests = [list(t) for t in task.tests]
+    with any_pool.acquire() as sb:
+        # Files the model left in the work dir are not importable by the graded solution.
+        sb.put_file("helper.py", "def add(a, b):\n    return a + b\n")
+        assert sb.run("from helper import add; print(add(1, 2))").stdout == "3\n"
+        assert run_hidden_tests(sb, "from helper import add", tests) == 0.0
+        assert run_hidden_tests(sb, "def add(a, b):\n    return a + b", tests) == 1.0

@@ -90,15 +90,24 @@ CASES = [
 
 
 class Neighbour:
-    """Another episode that keeps running small programs while the attack runs."""
+    """Another episode that keeps running small programs while the attack runs.
+
+    It has finished one run before the attack starts and finishes one more after it ends.
+    """
 
     def __init__(self, pool: ExecutorPool):
         self.sandbox = pool.acquire()
         self.failures: list[str] = []
         self.runs = 0
         self._stop = threading.Event()
+        self._ran = threading.Condition()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
+        self._wait_for(1)
+
+    def _wait_for(self, runs: int) -> None:
+        with self._ran:
+            self._ran.wait_for(lambda: self.runs >= runs or bool(self.failures), timeout=60)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -106,10 +115,13 @@ class Neighbour:
             res = self.sandbox.run(f"print({n} + 1)", timeout=30)
             if res.status is not RunStatus.OK or res.stdout != f"{n + 1}\n":
                 self.failures.append(repr(res))
-            self.runs += 1
-            time.sleep(0.05)
+            with self._ran:
+                self.runs += 1
+                self._ran.notify_all()
+            time.sleep(0.02)
 
     def finish(self) -> None:
+        self._wait_for(self.runs + 1)
         self._stop.set()
         self._thread.join(timeout=60)
         self.sandbox.close()
@@ -148,7 +160,7 @@ def _attack(pool: ExecutorPool, case: Case) -> None:
             assert nxt.status is RunStatus.OK and nxt.stdout == "next 0\n", nxt
     finally:
         neighbour.finish()
-    assert neighbour.runs > 0 and neighbour.failures == []
+    assert neighbour.runs >= 2 and neighbour.failures == []
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

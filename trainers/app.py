@@ -11,6 +11,7 @@ A run directory holds the resolved config (``.hydra/``), ``metrics.jsonl``, Tens
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import random
@@ -30,6 +31,7 @@ from rich.console import Console
 import toolgym
 from toolgym.rollouts.engines.base import EngineConfig
 from toolgym.rollouts.worker import RolloutConfig, RolloutWorker
+from toolgym.sandboxes.config import SandboxConfig
 from toolgym.trainers import grpo
 from toolgym.trainers.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from toolgym.trainers.model import ModelConfig, load_policy
@@ -63,6 +65,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval_rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
     trainer: grpo.TrainerConfig = field(default_factory=grpo.TrainerConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # used by envs that run code
     tensorboard: bool = True
 
 
@@ -92,8 +95,12 @@ def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
 
 
 def make_workers(cfg: TrainConfig, engine: Any) -> tuple[RolloutWorker, RolloutWorker, Any, Any]:
+    kwargs = dict(cfg.env.kwargs)
+    if "sandbox_config" in inspect.signature(toolgym.env_class(cfg.env.id)).parameters:
+        kwargs.setdefault("sandbox_config", cfg.sandbox)
+
     def env_fn(split: str) -> Any:
-        return toolgym.make(cfg.env.id, split=split, **cfg.env.kwargs).unwrapped
+        return toolgym.make(cfg.env.id, split=split, **kwargs).unwrapped
 
     train_env, eval_env = env_fn(cfg.env.train_split), env_fn(cfg.env.eval_split)
     train = RolloutWorker(engine, lambda: env_fn(cfg.env.train_split), cfg.rollout, env_id=cfg.env.id)
