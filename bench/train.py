@@ -118,15 +118,18 @@ def ours_config(batch_size: int, group_size: int) -> grpo.TrainerConfig:
 
 def trl_trainer(model: Any, tokenizer: Any, dataset: Any, replay: Replay, steps: int, batch_size: int,
                 group_size: int, out_dir: str, callback: Any) -> Any:
+    from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=batch_size, num_generations=group_size,
                       max_steps=steps, learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0,
                       max_grad_norm=1.0, loss_type="dapo", epsilon=0.2, beta=0.0, scale_rewards="group",
-                      optim="adamw_torch", logging_steps=steps, report_to="none", save_strategy="no",
+                      optim="adamw_torch", logging_steps=1, report_to="none", save_strategy="no",
                       use_cpu=True, disable_tqdm=True, seed=0)
-    return GRPOTrainer(model=model, reward_funcs=[toolgym_reward], args=args, train_dataset=dataset,
-                       processing_class=tokenizer, rollout_func=replay, callbacks=[callback])
+    trainer = GRPOTrainer(model=model, reward_funcs=[toolgym_reward], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, rollout_func=replay, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # keep stdout for the result
+    return trainer
 
 
 def make_interleaver(ours_step: Any) -> Any:
@@ -172,9 +175,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     groups = grpo.grouped(trajectories)
     pad_id = tokenizer.pad_token_id
 
+    ours_losses: list[float] = []
+
     def ours_step() -> None:
         batch = grpo.build_batch(groups, cfg, pad_id)
-        grpo.policy_update(ours_model, optimizer, batch, cfg, temperature=1.0)
+        ours_losses.append(grpo.policy_update(ours_model, optimizer, batch, cfg, temperature=1.0)["loss"])
 
     timer = make_interleaver(ours_step)
     replay = Replay(trajectories, dataset, tokenizer.eos_token_id)
@@ -182,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainer = trl_trainer(trl_model, tokenizer, dataset, replay, args.warmup + args.repeats, batch_size,
                               args.group_size, out_dir, timer)
         trainer.train()
+        trl_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     ours = timer.ours[args.warmup:]
     trl = timer.trl[args.warmup:]
     ours_s, trl_s = statistics.median(ours), statistics.median(trl)
@@ -192,6 +198,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_sequence_tokens": max(len(t.token_ids) for t in trajectories),
             "loss_type": "dapo", "model": args.size, "repeats": args.repeats, "warmup": args.warmup,
             "torch_threads": torch.get_num_threads(),
+            # Same weights, same batch, same loss: the first step's losses agree if both did the same work.
+            "first_step_loss": {"ours": ours_losses[0], "trl": trl_losses[0]},
             "ours_step_s_all": [round(x, 4) for x in ours], "trl_step_s_all": [round(x, 4) for x in trl]}
 
 
@@ -202,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-size", type=int, default=4, help="episodes per task (G)")
     ap.add_argument("--think-words", type=int, default=40, help="words of text before each tool call and answer")
     ap.add_argument("--size", default="tiny", help="tiny model size (tiny, mini, small)")
-    ap.add_argument("--repeats", type=int, default=10, help="timed steps per side")
+    ap.add_argument("--repeats", type=int, default=8, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     args = ap.parse_args(argv)
     result = run(args)

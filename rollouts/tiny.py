@@ -11,7 +11,7 @@
   turn, tool results wrapped in ``<tool_response>``) and renders assistant ``content`` verbatim, so
   Hermes ``<tool_call>`` text round-trips. :data:`THINKING_CHAT_TEMPLATE` is a variant that drops
   the ``<think>`` block of every past assistant turn (as reasoning models' templates do);
-* the model is a randomly initialised Qwen2 (``size="tiny"``: ~0.2M parameters, trains on two CPU
+* the model is a randomly initialised Qwen2 (``size="tiny"``: ~0.3M parameters, trains on two CPU
   cores in minutes; ``size="mini"``: ~1.1M parameters, about four times the compute per step;
   ``size="small"``: ~15M parameters for GPU demos).
 
@@ -42,7 +42,7 @@ from typing import Any
 
 from toolgym.errors import ConfigError
 
-TINY_BUILD_VERSION = 1  # bump when the corpus, template or architecture changes: old caches rebuild
+TINY_BUILD_VERSION = 2  # bump when the corpus, template or architecture changes: old caches rebuild
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Markup the model writes as plain text: decoded even with skip_special_tokens=True.
@@ -120,9 +120,9 @@ class TinySize:
 
 
 SIZES: dict[str, TinySize] = {
-    "tiny": TinySize(hidden=64, intermediate=256, layers=2, heads=4, kv_heads=2, vocab=1024),
-    "mini": TinySize(hidden=128, intermediate=512, layers=4, heads=4, kv_heads=2, vocab=1024),
-    "small": TinySize(hidden=384, intermediate=1536, layers=8, heads=6, kv_heads=2, vocab=4096),
+    "tiny": TinySize(hidden=64, intermediate=256, layers=2, heads=4, kv_heads=2, vocab=2048),
+    "mini": TinySize(hidden=128, intermediate=512, layers=4, heads=4, kv_heads=2, vocab=2048),
+    "small": TinySize(hidden=384, intermediate=1536, layers=8, heads=6, kv_heads=2, vocab=8192),
 }
 
 _WORDS = (
@@ -147,6 +147,7 @@ _CODE = [
 ]
 
 _MARKER = "toolgym_tiny.json"
+_ENV_CHARS = 150_000  # corpus characters per built-in env (message text, tool schemas not counted)
 _lock = threading.Lock()
 _memo: dict[tuple[int, str, str], Path] = {}
 
@@ -278,11 +279,14 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = 1024) -> Any:
 
 def _corpus(seed: int) -> Iterator[str]:
     """Text the BPE is trained on: every string the built-in envs make the model read or write."""
-    rng = random.Random(seed)
-    chats = list(_env_chats(rng))
     template = _jinja(CHAT_TEMPLATE)
-    for messages, tools in chats:
+    for messages, tools in _env_chats(random.Random(seed)):
         yield template.render(messages=messages, tools=tools, add_generation_prompt=False)
+    yield from _misc_texts(seed)
+
+
+def _misc_texts(seed: int) -> Iterator[str]:
+    rng = random.Random(seed + 1)
     for _ in range(300):
         yield " ".join(rng.choice(_WORDS) for _ in range(12)) + "."
         yield rng.choice(_CODE)
@@ -304,11 +308,15 @@ def _env_chats(rng: random.Random) -> Iterator[tuple[list[dict[str, Any]], list[
         except Exception:  # an env that needs a service (docker, index) just adds no text
             continue
         tools = [t.schema for t in env.tools.values()]
+        budget = _ENV_CHARS  # each env gets a similar share, so no env's words crowd out another's
         for i in range(min(len(env.tasks), 400)):
             task = env.tasks[(i * 7919 + rng.randint(0, 10)) % len(env.tasks)]
             demo = env.demonstration(task) or [*env.initial_messages(task), {"role": "assistant",
                                                                               "content": str(task.answer)}]
             yield demo, tools
+            budget -= sum(len(str(m.get("content") or "")) for m in demo)
+            if budget <= 0:
+                break
         env.close()
 
 
@@ -320,7 +328,10 @@ def _jinja(source: str) -> Any:
 
 def corpus_digest(seed: int = 0) -> str:
     """A short hash of the tokenizer corpus (changes when the built-in envs' text changes)."""
-    h = hashlib.sha256()
-    for text in _corpus(seed):
+    h = hashlib.sha256(CHAT_TEMPLATE.encode())
+    # Hash the chats rather than their renders: rendering is the slow part of building the corpus.
+    for messages, tools in _env_chats(random.Random(seed)):
+        h.update(json.dumps([messages, tools], sort_keys=True, default=str).encode())
+    for text in _misc_texts(seed):
         h.update(text.encode())
     return h.hexdigest()[:12]

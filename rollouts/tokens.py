@@ -98,10 +98,9 @@ class TokenTrajectory:
     """Build one episode's token sequence turn by turn.
 
     Example:
-        >>> import tempfile
         >>> from transformers import AutoTokenizer
-        >>> from toolgym.rollouts.tiny import build_tiny_model
-        >>> tok = AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp()))
+        >>> from toolgym.rollouts.tiny import tiny_model_path
+        >>> tok = AutoTokenizer.from_pretrained(tiny_model_path())
         >>> fmt = ChatFormat(tok)
         >>> msgs = [{"role": "user", "content": "2+2?"}]
         >>> tt = TokenTrajectory(fmt, msgs)
@@ -244,10 +243,9 @@ def conversation_tokens(fmt: ChatFormat, messages: list[dict[str, Any]]) -> Segm
     supervised warm-up and RL see identical token layouts. Logprobs are 0.0.
 
     Example:
-        >>> import tempfile
         >>> from transformers import AutoTokenizer
-        >>> from toolgym.rollouts.tiny import build_tiny_model
-        >>> fmt = ChatFormat(AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp())))
+        >>> from toolgym.rollouts.tiny import tiny_model_path
+        >>> fmt = ChatFormat(AutoTokenizer.from_pretrained(tiny_model_path()))
         >>> seg = conversation_tokens(fmt, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
         >>> fmt.decode([t for t, m in zip(seg.token_ids, seg.loss_mask) if m])
         'yo<|im_end|>'

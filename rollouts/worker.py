@@ -12,11 +12,11 @@ rest of the batch completes. Budgets per episode: turns, new tokens per turn, to
 time.
 
 Example:
-    >>> import tempfile, toolgym
+    >>> import toolgym
     >>> from transformers import AutoTokenizer
-    >>> from toolgym.rollouts.tiny import build_tiny_model
+    >>> from toolgym.rollouts.tiny import tiny_model_path
     >>> from toolgym.rollouts.engines.fake import ScriptedEngine
-    >>> tok = AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp()))
+    >>> tok = AutoTokenizer.from_pretrained(tiny_model_path())
     >>> engine = ScriptedEngine(tok, ["Answer: 1"])
     >>> worker = RolloutWorker(engine, lambda: toolgym.make("toolgym/Arithmetic-v0").unwrapped)
     >>> [t] = worker.run_sync([RolloutRequest({"task_index": 0})])

@@ -9,9 +9,10 @@ fed the new weights before the next step (same model object for ``hf``; a weight
 ``vllm``).
 
 Where it departs from the papers: (1) sequences are whole multi-turn episodes whose tool/env
-tokens are masked out of every term; (2) old log-probabilities are recomputed by the trainer
-before the update, and the sampler's own log-probabilities are used only for the importance
-sampling correction of sampler/trainer mismatch (as in TRL); (3) episodes that failed with an
+tokens are masked out of every term; (2) one optimizer step per batch, so the "old" policy is the
+current one (its log-probabilities are detached, not recomputed), and the sampler's own
+log-probabilities are used only for the importance sampling correction of sampler/trainer
+mismatch (as in TRL); (3) episodes that failed with an
 error get NaN reward: they are left out of the group baseline and get zero advantage; (4) DAPO's
 dynamic sampling refills the batch with fresh groups, at most ``max_refills`` times.
 
@@ -167,10 +168,11 @@ def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     model.train()
     for m in micro:
         with torch.no_grad():
-            old = token_logprobs(model, m.ids, m.attention, temperature)  # [b, L]
             ref = token_logprobs(ref_model, m.ids, m.attention, temperature) if ref_model is not None else None
         lp = token_logprobs(model, m.ids, m.attention, temperature)  # [b, L]
-        out = compute_loss(lp, old, m.advantages, m.mask, cfg.loss, totals, ref_logprobs=ref,
+        # One optimizer step per batch: the old policy is the current one, so old_logprobs=None
+        # (the loss uses lp.detach()) saves a forward pass and gives the same loss and gradient.
+        out = compute_loss(lp, None, m.advantages, m.mask, cfg.loss, totals, ref_logprobs=ref,
                            sampler_logprobs=m.sampler_logprobs)
         out.loss.backward()
         share = float(m.mask.sum()) / totals.num_tokens

@@ -29,7 +29,7 @@ import math
 import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import toolgym
 from toolgym.envs.base import ToolEnv
@@ -102,8 +102,8 @@ class TRLToolEnv:
     else here is private, because TRL exposes every public method to the model.
     """
 
-    env_id: str = ""
-    env_kwargs: dict[str, Any] = {}
+    env_id: ClassVar[str] = ""
+    env_kwargs: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         self._env = _make_env(self.env_id, self.env_kwargs)

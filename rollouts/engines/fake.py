@@ -47,10 +47,10 @@ class ScriptedEngine(EngineBase):
         seed: Seeds the invented log-probabilities.
 
     Example:
-        >>> import asyncio, tempfile
+        >>> import asyncio
         >>> from transformers import AutoTokenizer
-        >>> from toolgym.rollouts.tiny import build_tiny_model
-        >>> tok = AutoTokenizer.from_pretrained(build_tiny_model(tempfile.mkdtemp()))
+        >>> from toolgym.rollouts.tiny import tiny_model_path
+        >>> tok = AutoTokenizer.from_pretrained(tiny_model_path())
         >>> eng = ScriptedEngine(tok, ["Answer: 4"])
         >>> c = asyncio.run(eng.generate([1, 2], SamplingParams()))
         >>> tok.decode(c.token_ids), eng.log[0].completion is c

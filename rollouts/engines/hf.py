@@ -41,9 +41,9 @@ class HFEngine(EngineBase):
         batch_max_wait_s: Never hold the first request of a batch longer than this.
 
     Example:
-        >>> import asyncio, tempfile
-        >>> from toolgym.rollouts.tiny import build_tiny_model
-        >>> eng = HFEngine.from_pretrained(build_tiny_model(tempfile.mkdtemp()))
+        >>> import asyncio
+        >>> from toolgym.rollouts.tiny import tiny_model_path
+        >>> eng = HFEngine.from_pretrained(tiny_model_path())
         >>> c = asyncio.run(eng.generate([1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True)))
         >>> len(c.token_ids), len(c.logprobs), c.finish_reason
         (4, 4, 'length')

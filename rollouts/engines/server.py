@@ -5,10 +5,10 @@ It speaks ``/v1/models``, ``/v1/completions`` (string or token-id prompts, with 
 It binds to 127.0.0.1 by default and serves one process's engine; it is not a production server.
 
 Example:
-    >>> import tempfile, httpx
-    >>> from toolgym.rollouts.tiny import build_tiny_model
+    >>> import httpx
+    >>> from toolgym.rollouts.tiny import tiny_model_path
     >>> from toolgym.rollouts.engines.hf import HFEngine
-    >>> engine = HFEngine.from_pretrained(build_tiny_model(tempfile.mkdtemp()))
+    >>> engine = HFEngine.from_pretrained(tiny_model_path())
     >>> with OpenAICompatServer(engine, model_name="tiny") as server:
     ...     r = httpx.post(server.url + "/completions", json={"model": "tiny", "prompt": [1, 2], "max_tokens": 3,
     ...                    "ignore_eos": True, "return_token_ids": True})
