@@ -275,7 +275,10 @@ class _Episode:
         if self.cfg.max_turns is not None:
             self.env.max_turns = self.cfg.max_turns
         seed = None if self.cfg.seed is None else self.cfg.seed + self.sample_index
-        obs, info = await asyncio.to_thread(self.env.reset, seed=seed, options=dict(self.task_opts))
+        if _cheap_reset(self.env):
+            obs, info = self.env.reset(seed=seed, options=dict(self.task_opts))
+        else:  # setup_episode may start a sandbox: keep the loop free for the other episodes
+            obs, info = await asyncio.to_thread(self.env.reset, seed=seed, options=dict(self.task_opts))
         self.task_id = str(info.get("task_id", self.task_id))
         self.messages, self.tools = obs, info.get("tools") or []
         fmt = ChatFormat(self.worker.engine.tokenizer, self.tools, chat_template=self.cfg.chat_template)
@@ -399,6 +402,13 @@ class _Episode:
                 timings=self.timings, cost=self.cost, versions=versions,
                 metadata={"final_reward": self.final_info.get("final_reward"), "segments": len(self.segments)}))
         return out
+
+
+def _cheap_reset(env: Any) -> bool:
+    """True when ``reset`` acquires nothing (no ``setup_episode`` override): run it inline."""
+    from toolgym.envs.base import ToolEnv
+
+    return isinstance(env, ToolEnv) and type(env).setup_episode is ToolEnv.setup_episode
 
 
 def _tool_results(obs: list[dict[str, Any]], info: dict[str, Any]) -> list[ToolResultRecord]:

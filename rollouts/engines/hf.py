@@ -63,9 +63,10 @@ class HFEngine(EngineBase):
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._model_lock = threading.Lock()  # generation vs weight updates
         self._closed = False
+        self.batches_run = 0
+        self._last_batch = 1
         self._thread = threading.Thread(target=self._serve, name="toolgym-hf-engine", daemon=True)
         self._thread.start()
-        self.batches_run = 0
 
     @classmethod
     def from_pretrained(cls, path: str | Any, *, device: str | None = None, dtype: str | None = None,
@@ -136,6 +137,7 @@ class HFEngine(EngineBase):
             pending = self._collect(first)
             stop = pending[-1] is None
             requests = [r for r in pending if r is not None]
+            self._last_batch = len(requests)
             groups: dict[tuple[Any, ...], list[_Request]] = {}
             for r in requests:
                 groups.setdefault(r.params.batch_key(), []).append(r)
@@ -150,7 +152,10 @@ class HFEngine(EngineBase):
         batch: list[_Request | None] = [first]
         deadline = time.monotonic() + self.batch_max_wait_s
         while len(batch) < self.max_batch_size:
-            timeout = min(self.batch_gap_s, deadline - time.monotonic())
+            # Until the batch is as large as the last one, allow longer pauses between arrivals: the
+            # episodes that shared the last batch come back one by one after their env steps.
+            gap = self.batch_gap_s if len(batch) >= self._last_batch else 4 * self.batch_gap_s
+            timeout = min(gap, deadline - time.monotonic())
             if timeout <= 0:
                 break
             try:
