@@ -27,6 +27,7 @@ from typing import Any
 from toolgym.errors import ConfigError, EnvError
 from toolgym.rollouts.engines.base import Completion
 from toolgym.rollouts.records import DriftEvent
+from toolgym.rollouts.tiny import resolve_template
 
 DRIFT_POLICIES = ("keep", "split")
 DRIFT_CHECKS = ("text", "tokens", "off")
@@ -47,7 +48,7 @@ class ChatFormat:
                  chat_template: str | None = None, eot_token: str | None = None):
         self.tokenizer = tokenizer
         self.tools = tools or None
-        self.chat_template = chat_template
+        self.chat_template = resolve_template(chat_template)  # a name ("compact") or Jinja source
         self.eot_text = eot_token or _find_eot(tokenizer)
         self.eot_id = int(tokenizer.convert_tokens_to_ids(self.eot_text))
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,9 @@ class RolloutConfig:
         drift_check: ``"text"``, ``"tokens"`` (also detect tokenisation drift) or ``"off"``.
         chat_template: Template overriding the tokenizer's.
         seed: Base seed for environment resets (episode ``i`` of a group uses ``seed + i``).
+        sampling_seed: When set, every generate call gets its own seed derived from this, the task,
+            the sample index, the attempt and the turn, so rollouts repeat exactly whatever the
+            batching (engines that support per-request seeds: ``hf``, ``vllm``).
     """
 
     max_turns: int | None = None
@@ -77,10 +81,22 @@ class RolloutConfig:
     drift_check: str = "text"
     chat_template: str | None = None
     seed: int | None = None
+    sampling_seed: int | None = None
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
+    def sampling(self, max_tokens: int, seed: int | None = None) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, ignore_eos=self.ignore_eos)
+                              top_k=self.top_k, ignore_eos=self.ignore_eos, seed=seed)
+
+
+def request_seed(base: int, *parts: Any) -> int:
+    """A stable 63-bit seed from a base seed and the parts that identify one generate call.
+
+    Example:
+        >>> request_seed(0, "task-1", 0, 2) == request_seed(0, "task-1", 0, 2) != request_seed(0, "task-1", 1, 2)
+        True
+    """
+    digest = hashlib.blake2b(repr((base, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass
@@ -322,7 +338,11 @@ class _Episode:
 
     async def _generate(self, prompt_ids: list[int], budget: int) -> Completion:
         t = time.perf_counter()
-        params = self.cfg.sampling(budget)
+        seed = None
+        if self.cfg.sampling_seed is not None:
+            seed = request_seed(self.cfg.sampling_seed, repr(sorted(self.task_opts.items())), self.sample_index,
+                                self.attempt, len(self.turn_rewards))
+        params = self.cfg.sampling(budget, seed)
         chat = ChatPrompt(self.messages, self.tools or None)
         try:
             completion = await asyncio.wait_for(self.worker.engine.generate(prompt_ids, params, chat),

@@ -8,8 +8,13 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
-import toolgym.trainers.advantages as advantages_module
 import torch
+from trl.rewards import get_soft_overlong_punishment
+from trl.trainer.grpo_trainer import GRPOTrainer
+from trl.trainer.rloo_trainer import RLOOTrainer
+from trl.trainer.utils import nanstd as trl_nanstd
+
+import toolgym.trainers.advantages as advantages_module
 from toolgym.errors import ConfigError
 from toolgym.trainers.advantages import (
     ADVANTAGES,
@@ -24,10 +29,6 @@ from toolgym.trainers.advantages import (
     soft_overlong_penalty,
     turn_level_advantages,
 )
-from trl.rewards import get_soft_overlong_punishment
-from trl.trainer.grpo_trainer import GRPOTrainer
-from trl.trainer.rloo_trainer import RLOOTrainer
-from trl.trainer.utils import nanstd as trl_nanstd
 
 NAN = float("nan")
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from toolgym.errors import ConfigError
 from toolgym.trainers.checkpoint import (
     LATEST_POINTER,

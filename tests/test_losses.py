@@ -11,12 +11,13 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-import toolgym.trainers.losses as losses_module
 import torch
-from toolgym.errors import ConfigError
-from toolgym.trainers.losses import LOSSES, BatchTotals, LossConfig, compute_loss, sampler_is_ratio
 from trl.trainer.grpo_trainer import GRPOTrainer
 from trl.trainer.rloo_trainer import RLOOTrainer
+
+import toolgym.trainers.losses as losses_module
+from toolgym.errors import ConfigError
+from toolgym.trainers.losses import LOSSES, BatchTotals, LossConfig, compute_loss, sampler_is_ratio
 
 B, L = 6, 7
 DTYPE = torch.float64

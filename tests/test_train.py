@@ -46,8 +46,10 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _train_rows(run_dir: Path) -> list[dict]:
+    # neg_logprob depends on every sampled token and on the weights: equal rows mean equal rollouts.
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: r[k] for k in ("step", "reward_mean", "loss")} for r in rows if r["kind"] == "train"]
+    keys = ("step", "reward_mean", "loss", "neg_logprob", "episodes", "tool_calls")
+    return [{k: r[k] for k in keys} for r in rows if r["kind"] == "train"]
 
 
 @pytest.mark.slow
@@ -55,8 +57,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     args = ["trainer.steps=4", "trainer.sft.steps=4", "trainer.sft.demonstrations=32", "trainer.tasks_per_step=2",
             "trainer.group_size=4", "trainer.eval_episodes=4", "trainer.checkpoint_every=1", "tensorboard=false"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(["train", *args, f"hydra.run.dir={straight}"]) == 0
-    cmd = [sys.executable, "-m", "toolgym.cli", "train", *args, f"hydra.run.dir={killed}"]
+    # Both runs in fresh processes: the same program, interrupted or not.
+    base = [sys.executable, "-m", "toolgym.cli", "train", *args]
+    subprocess.run([*base, f"hydra.run.dir={straight}"], check=True, capture_output=True)
+    cmd = [*base, f"hydra.run.dir={killed}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_00000002").exists() and time.time() < deadline:
@@ -67,12 +71,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()
-    assert main(["train", *args, f"hydra.run.dir={killed}", "resume=true"]) == 0
+    subprocess.run([*cmd, "resume=true"], check=True, capture_output=True)
     assert json.loads((killed / "summary.json").read_text())["resumed"] is True
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    rows_b = _train_rows(killed)
+    rows_a, rows_b = _train_rows(straight), _train_rows(killed)
     assert [r["step"] for r in rows_b][-2:] == [3, 4]
-    assert rows_b[-1] == _train_rows(straight)[-1]
+    assert rows_b[-2:] == rows_a[-2:]

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from toolgym.errors import ConfigError
 from torch import Tensor
+
+from toolgym.errors import ConfigError
 
 STD_EPS = 1e-4  # added to the std before dividing, as in TRL (keeps zero-variance groups finite)
 

@@ -11,6 +11,8 @@ A run directory holds the resolved config (``.hydra/``), ``metrics.jsonl``, Tens
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -226,9 +228,10 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         state["sft_final_loss"] = sft_losses[-1] if sft_losses else None
         save_checkpoint(run_dir / "checkpoints", 0, model, optimizer, scheduler, data_state=state,
                         keep_last=tcfg.keep_checkpoints)
+    ref_model = reference_model(model, run_dir, resumed=latest is not None) if tcfg.loss.beta > 0 else None
     for step in range(state["step"] + 1, tcfg.steps + 1):
         state["step"] = step
-        metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, train_env, pad_id)
+        metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, train_env, pad_id, ref_model)
         run_log.write("train", step, metrics)
         console.print(f"step {step:3d}  reward {metrics['reward_mean']:.3f}±{metrics['reward_std']:.3f}  "
                       f"pass {metrics['pass_rate']:.2f}  kl {metrics.get('kl', 0.0):.4f}  "
@@ -256,16 +259,34 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def reference_model(model: Any, run_dir: Path, resumed: bool) -> Any:
+    """A frozen copy of the policy as GRPO starts (after the warm start), for the KL term.
+
+    Its weights are kept in ``reference.pt`` so a resumed run uses the same reference.
+    """
+    ref = copy.deepcopy(model).eval()
+    path = run_dir / "reference.pt"
+    if resumed and path.exists():
+        ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        torch.save(ref.state_dict(), path)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler: Any, engine: Any,
-             worker: RolloutWorker, train_env: Any, pad_id: int) -> dict[str, float]:
+             worker: RolloutWorker, train_env: Any, pad_id: int, ref_model: Any = None) -> dict[str, float]:
     """Rollouts, advantages and one update; seeded by (seed, step) so a resumed run repeats it."""
     tcfg = cfg.trainer
     rng = random.Random(cfg.seed * 1_000_003 + step)
     torch.manual_seed(cfg.seed * 1_000_003 + step)
+    worker.config = dataclasses.replace(cfg.rollout, sampling_seed=cfg.seed * 1_000_003 + step)
     model.eval()
     (groups, sample_stats), generate_s = grpo.timed(lambda: grpo.collect(worker, tcfg, len(train_env.tasks), rng))
     batch = grpo.build_batch(groups, tcfg, pad_id)
-    update, train_s = grpo.timed(lambda: grpo.policy_update(model, optimizer, batch, tcfg, cfg.rollout.temperature))
+    update, train_s = grpo.timed(lambda: grpo.policy_update(model, optimizer, batch, tcfg, cfg.rollout.temperature,
+                                                            ref_model))
     scheduler.step()
     engine.update_weights()
     return grpo.step_metrics(groups, {**update, **sample_stats}, {"generate_s": generate_s, "train_s": train_s})

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from toolgym.errors import ConfigError
 
 CHECKPOINT_SCHEMA_VERSION = 1

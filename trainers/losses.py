@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from toolgym.errors import ConfigError
 from torch import Tensor
+
+from toolgym.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Configuration and records

@@ -28,6 +28,7 @@ class SFTConfig:
     lr: float = 3e-3
     demonstrations: int = 2000  # how many train tasks to take demonstrations from
     jsonl: str | None = None  # or a JSONL of trajectories (their token arrays are used as they are)
+    hold: float = 0.0  # fraction of steps held at the peak learning rate before the linear decay to 10%
 
 
 def demonstration_samples(env: Any, count: int, fmt: ChatFormat) -> list[tuple[list[int], list[int]]]:
@@ -47,6 +48,23 @@ def trajectory_samples(trajectories: Sequence[Trajectory], min_reward: float = 0
     return [(t.token_ids, t.loss_mask) for t in trajectories if t.error is None and t.reward >= min_reward]
 
 
+def sft_lr_factor(step: int, total: int, warmup: int = 20, hold: float = 0.0) -> float:
+    """Warm up, hold the peak for a fraction ``hold`` of the run, then decay linearly to 10%.
+
+    Example:
+        >>> [round(sft_lr_factor(s, 100), 2) for s in (0, 50, 99)]
+        [0.05, 0.55, 0.11]
+        >>> round(sft_lr_factor(50, 100, hold=0.7), 2)
+        1.0
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    peak_until = int(hold * total)
+    if step < peak_until:
+        return 1.0
+    return 1.0 - 0.9 * (step - peak_until) / max(total - peak_until, 1)
+
+
 def sft(model: torch.nn.Module, samples: list[tuple[list[int], list[int]]], cfg: SFTConfig, *, pad_id: int,
         seed: int = 0, log: Callable[[int, float], None] | None = None) -> list[float]:
     """Masked next-token cross-entropy on the samples; returns the loss of each step."""
@@ -55,7 +73,7 @@ def sft(model: torch.nn.Module, samples: list[tuple[list[int], list[int]]], cfg:
     rng = random.Random(seed)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: sft_lr_factor(s, cfg.steps, hold=cfg.hold))
     model.train()
     losses = []
     for step in range(cfg.steps):

@@ -19,8 +19,46 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import LogitsProcessorList
+
 from toolgym.errors import ModelError, OverlongPromptError
 from toolgym.rollouts.engines.base import ChatPrompt, Completion, EngineBase, SamplingParams
+
+
+class SeededSampler:
+    """Sampling with one seeded random stream per batch row (the Gumbel-max trick).
+
+    Applied as the last logits processor of a greedy ``generate``: it applies temperature, top-k
+    and top-p, keeps the resulting log-probabilities (the distribution sampled from) in
+    ``processed``, and adds Gumbel noise drawn from the row's own generator, so the greedy argmax
+    is an exact sample from that distribution.
+    """
+
+    def __init__(self, seeds: Sequence[int | None], temperature: float, top_k: int = 0, top_p: float = 1.0):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(int(s) if s is not None else int(torch.randint(2**62, ())))
+                           for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.processed: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logits = scores.float() / self.temperature  # [B, V]
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, index = torch.sort(logits, descending=True, dim=-1)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) > self.top_p  # keep the first token past p
+            logits = logits.masked_fill(drop.scatter(1, index, drop), float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)
+        self.processed.append(logp.cpu())
+        uniform = torch.stack([torch.rand(logp.shape[-1], generator=g) for g in self.generators])  # [B, V]
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+        return logp + gumbel.to(logp.device)
 
 
 @dataclass
@@ -219,19 +257,25 @@ class HFEngine(EngineBase):
             mask[i, longest - len(p):] = 1
         stops = list(self.stop_ids(p0))
         gen_kwargs = self._sampling_kwargs(p0)
+        seeded = None
+        if p0.temperature > 0 and any(p.seed is not None for p in params):
+            # Each seeded request draws from its own stream: what it samples does not depend on
+            # which requests it was batched with (reproducible rollouts, exact resume).
+            seeded = SeededSampler([p.seed for p in params], p0.temperature, p0.top_k, p0.top_p)
+            gen_kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                          "logits_processor": LogitsProcessorList([seeded])}
         with self._model_lock, torch.inference_mode():
             was_training = self.model.training
             self.model.eval()  # a trainer sharing the model may have left it in train mode (dropout)
-            if p0.seed is not None:
-                torch.manual_seed(p0.seed)
             try:
                 out = self._generate(ids.to(device), mask.to(device), max_new, stops, gen_kwargs)
             finally:
                 self.model.train(was_training)
             self.batches_run += 1
             new = out.sequences[:, longest:].cpu()  # [B, T]
+            scores = seeded.processed if seeded is not None else out.scores
             logprobs = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(1, new[:, t:t + 1].to(s.device))
-                                    .squeeze(1).cpu() for t, s in enumerate(out.scores)], dim=1)  # [B, T]
+                                    .squeeze(1).cpu() for t, s in enumerate(scores)], dim=1)  # [B, T]
         return [self._completion(new[i].tolist(), logprobs[i].tolist(), params[i], set(stops))
                 for i in range(len(prompts))]
 
