@@ -80,3 +80,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     rows_a, rows_b = _train_rows(straight), _train_rows(killed)
     assert [r["step"] for r in rows_b][-2:] == [3, 4]
     assert rows_b[-2:] == rows_a[-2:]
+
+
+@pytest.mark.slow
+def test_lora_run_trains_only_the_adapter(tmp_path):
+    args = [*SMALL, "trainer.steps=1", "model.lora.enabled=true", "model.lora.r=4",
+            "model.gradient_checkpointing=true", f"hydra.run.dir={tmp_path}"]
+    assert main(["train", *args]) == 0
+    from toolgym.trainers.checkpoint import find_latest
+
+    latest = find_latest(tmp_path / "checkpoints")
+    adapter = list((latest / "adapter").rglob("adapter_model.safetensors"))
+    assert adapter, "a LoRA run checkpoints its adapter, not the full model"
+    assert not (latest / "model.pt").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 1
