@@ -156,9 +156,12 @@ def _per_turn_advantages(groups: list[list[Trajectory]], cfg: TrainerConfig) -> 
 
 
 # ---- the update ------------------------------------------------------------------------------
-def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: TokenBatch, cfg: TrainerConfig,
+def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: TokenBatch | None,
+                  cfg: TrainerConfig,
                   temperature: float, ref_model: torch.nn.Module | None = None) -> dict[str, float]:
     """One optimizer step over ``batch`` with gradient accumulation over micro-batches."""
+    if batch is None:  # dynamic sampling dropped every group: nothing to learn from this step
+        return {"loss": 0.0, "skipped": 1.0}
     device = next(model.parameters()).device
     micro = [batch.slice(i, i + cfg.micro_batch_size).to(device) for i in range(0, len(batch), cfg.micro_batch_size)]
     totals = BatchTotals.of([m.mask for m in micro])
@@ -187,9 +190,11 @@ def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     return sums
 
 
-def build_batch(groups: list[list[Trajectory]], cfg: TrainerConfig, pad_id: int) -> TokenBatch:
-    """Pad every trajectory of the step into one batch with per-token advantages."""
+def build_batch(groups: list[list[Trajectory]], cfg: TrainerConfig, pad_id: int) -> TokenBatch | None:
+    """Pad every trajectory of the step into one batch with per-token advantages (None if empty)."""
     flat = [t for g in groups for t in g]
+    if not flat:
+        return None
     advantages = token_advantages(groups, cfg)
     masks = [t.loss_mask if t.error is None else [0] * len(t.token_ids) for t in flat]
     return pad_batch([t.token_ids for t in flat], masks, [t.logprobs for t in flat], advantages, pad_id=pad_id)
@@ -218,6 +223,8 @@ def step_metrics(groups: list[list[Trajectory]], update: dict[str, float], timin
     return {"reward_mean": mean, "reward_std": std, "pass_rate": sum(r >= 1.0 - 1e-9 for r in ok) / max(len(ok), 1),
             "episodes": float(len(flat)), "errors": float(len(rewards) - len(ok)),
             "tool_calls": float(sum(t.cost.tool_calls for t in flat)) / max(len(flat), 1),
+            # tool time per episode; it overlaps generation (the worker runs tools while others generate)
+            "tools_s_per_episode": sum(t.timings.env_s for t in flat) / max(len(flat), 1),
             "tokens_per_s": sampled / max(timing["generate_s"], 1e-9), **update, **timing}
 
 
