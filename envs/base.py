@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import gymnasium as gym
 
+from toolgym.aio import run_in_new_thread
 from toolgym.envs.parsing import ParsedTurn, ToolCall, parse_action
 from toolgym.envs.spaces import AssistantTurn, Chat
 from toolgym.envs.task import Task, TaskSource
@@ -301,17 +301,4 @@ class ToolEnv(gym.Env):
                 self._loop = asyncio.new_event_loop()
             return self._loop.run_until_complete(coro)
         # Called from inside a running loop (a notebook): run on a private thread instead.
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["value"] = asyncio.run(coro)
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        return run_in_new_thread(coro)

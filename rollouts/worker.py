@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from toolgym.aio import run_in_new_thread
 from toolgym.errors import ErrorRecord, ModelError, OverlongPromptError, ToolError, ToolgymError
 from toolgym.rollouts.engines.base import ChatPrompt, Completion, Engine, SamplingParams
 from toolgym.rollouts.records import Cost, DriftEvent, Timings, ToolResultRecord, Trajectory, Turn
@@ -167,20 +167,7 @@ class RolloutWorker:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.run(requests))
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["v"] = asyncio.run(self.run(requests))
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["e"] = exc
-
-        thread = threading.Thread(target=target)
-        thread.start()
-        thread.join()
-        if "e" in box:
-            raise box["e"]
-        return box["v"]
+        return run_in_new_thread(self.run(requests))
 
     async def run_episode(self, task: dict[str, Any], *, sample_index: int = 0,
                           group_id: str = "") -> list[Trajectory]:

@@ -259,3 +259,25 @@ def test_arithmetic_splits_are_disjoint_and_demos_score(difficulty):
     for i in range(5):
         task = evals.tasks[i]
         assert replay(evals, evals.demonstration(task), task.id)[0] == 1.0
+
+
+def test_sync_step_with_async_tool_inside_a_running_loop():
+    @tool(timeout=1)
+    async def ping() -> str:
+        """Answer pong."""
+        return "pong"
+
+    class PingEnv(TableEnv):
+        def make_tools(self):
+            return [ping]
+
+    env = PingEnv()
+    env.reset(seed=0)
+
+    async def inside_loop():  # e.g. a notebook cell: step() must not need asyncio.run
+        return env.step(call("ping"))
+
+    obs, *_ = asyncio.run(inside_loop())
+    assert obs[-1]["content"] == "pong"
+    obs, *_ = env.step(call("ping"))  # and from plain sync code, on the env's own loop
+    assert obs[-1]["content"] == "pong"

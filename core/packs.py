@@ -1,0 +1,258 @@
+"""Environment packs: third-party distributions that add environments to toolgym.
+
+A *pack* is an ordinary Python distribution (wheel or sdist) with one import package that holds
+its environments. It advertises them through the entry point group ``toolgym.envs``::
+
+    [project.entry-points."toolgym.envs"]
+    my-pack = "my_pack_pkg.envs:register"
+
+The entry point names a function that calls ``toolgym.register(id, entry_point=..., pack=NAME)``
+for each of the pack's envs. ``toolgym`` imports every such entry point the first time the
+registry is read (``toolgym envs``, ``toolgym.make``), so ``pip install my-pack`` is all it takes.
+
+``toolgym init NAME`` scaffolds a new pack (see :mod:`toolgym.scaffold`); ``toolgym pack build
+DIR`` writes the pack's manifest and builds its wheel and sdist into ``DIR/dist``.
+
+The manifest, ``toolgym_pack.json``, sits inside the pack's import package (so it ships in the
+wheel) and records, under spec version ``TOOLGYM_PACK_SPEC``:
+
+- ``spec_version``: the version of this manifest format (``"1"``).
+- ``name`` / ``version``: the distribution's name and version (from ``pyproject.toml``).
+- ``envs``: each env id the pack registers, mapped to the names of its tools.
+- ``license``: the license declared in ``pyproject.toml`` (``""`` when none).
+- ``content_hash``: ``sha256:<hex>`` over the package's source and data files, taken in sorted
+  path order as ``path NUL bytes NUL`` (the manifest itself and bytecode excluded), so two builds
+  of the same sources carry the same hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+from toolgym.errors import ConfigError
+from toolgym.registry import ENTRY_POINT_GROUP
+
+TOOLGYM_PACK_SPEC = "1"
+MANIFEST_NAME = "toolgym_pack.json"
+_SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+@dataclass(frozen=True)
+class PackManifest:
+    """What a built pack contains; written as ``toolgym_pack.json`` in its import package.
+
+    Example:
+        >>> m = PackManifest(name="demo", version="0.1.0", envs={"demo/Example-v0": ["reverse"]},
+        ...                  license="MIT", content_hash="sha256:00")
+        >>> PackManifest.from_json(m.to_json()) == m
+        True
+    """
+
+    name: str
+    version: str
+    envs: dict[str, list[str]] = field(default_factory=dict)
+    license: str = ""
+    content_hash: str = ""
+    spec_version: str = TOOLGYM_PACK_SPEC
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> PackManifest:
+        data = json.loads(text)
+        if str(data.get("spec_version")) != TOOLGYM_PACK_SPEC:
+            raise ConfigError(f"pack manifest spec version {data.get('spec_version')!r} is not supported "
+                              f"(this toolgym reads version {TOOLGYM_PACK_SPEC!r})")
+        return cls(name=data["name"], version=data["version"], envs={k: list(v) for k, v in data["envs"].items()},
+                   license=data.get("license", ""), content_hash=data.get("content_hash", ""))
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """A pack directory as read from its ``pyproject.toml``."""
+
+    root: Path
+    name: str
+    version: str
+    license: str
+    entry_name: str  # the entry point's name in the toolgym.envs group
+    entry_value: str  # "module.path:function"
+
+    @property
+    def package_dir(self) -> Path:
+        """The top-level import package the entry point lives in."""
+        return self.root / self.entry_value.split(":")[0].split(".")[0]
+
+
+def _license(project: dict[str, Any]) -> str:
+    lic = project.get("license", "")
+    if isinstance(lic, dict):  # PEP 621 table form: {text = ...} or {file = ...}
+        return str(lic.get("text") or lic.get("file") or "")
+    return str(lic)
+
+
+def read_pack(root: str | Path) -> PackSource:
+    """Read a pack directory; a directory that is not a pack raises a ``ConfigError`` saying why."""
+    root = Path(root).resolve()
+    pyproject = root / "pyproject.toml"
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a directory")
+    if not pyproject.is_file():
+        raise ConfigError(f"{root} is not a toolgym pack: it has no pyproject.toml (create one with `toolgym init`)")
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{pyproject} is not valid TOML: {exc}") from None
+    project = data.get("project", {})
+    eps = project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {})
+    if not project.get("name") or not project.get("version"):
+        raise ConfigError(f"{pyproject} has no [project] name and version")
+    if len(eps) != 1:
+        raise ConfigError(f"{root} is not a toolgym pack: pyproject.toml must declare exactly one entry point in "
+                          f'[project.entry-points."{ENTRY_POINT_GROUP}"], found {len(eps)}')
+    (entry_name, entry_value), = eps.items()
+    src = PackSource(root, project["name"], str(project["version"]), _license(project), entry_name, entry_value)
+    if ":" not in entry_value or not (src.package_dir / "__init__.py").is_file():
+        raise ConfigError(f"entry point {entry_name} = {entry_value!r} must be 'package.module:function' with the "
+                          f"package in {root}")
+    return src
+
+
+def content_hash(package_dir: Path) -> str:
+    """sha256 over a package's files in sorted path order (manifest and bytecode excluded)."""
+    digest = hashlib.sha256()
+    files = [p for p in package_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+             and not p.name.endswith(_SKIP_SUFFIXES) and not _SKIP_DIRS & set(p.relative_to(package_dir).parts)]
+    for path in sorted(files, key=lambda p: p.relative_to(package_dir).as_posix()):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+# Runs in a fresh interpreter with only the pack directory prepended to sys.path, so the pack's
+# modules are imported from DIR (never a stale installed copy or one cached in this process).
+_PROBE = """
+import json, sys, importlib
+import toolgym
+from toolgym.registry import _REGISTRY
+before = set(_REGISTRY)
+module, _, fn = sys.argv[1].partition(":")
+getattr(importlib.import_module(module), fn)()
+envs = {}
+for env_id in sorted(set(_REGISTRY) - before):
+    env = toolgym.make(env_id).unwrapped
+    envs[env_id] = sorted(env.tools)
+    env.close()
+print(json.dumps(envs))
+"""
+
+
+def probe_envs(src: PackSource) -> dict[str, list[str]]:
+    """Env ids the pack registers and each env's tool names, read by importing the pack from its directory."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src.root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, src.entry_value], cwd=src.root, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"importing pack {src.name} ({src.entry_value}) failed:\n{proc.stderr.strip()[-2000:]}")
+    envs = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not envs:
+        raise ConfigError(f"pack {src.name}: {src.entry_value} registered no environments")
+    return envs
+
+
+def write_manifest(root: str | Path) -> PackManifest:
+    """Compute a pack's manifest and write it into its import package."""
+    src = read_pack(root)
+    manifest = PackManifest(name=src.name, version=src.version, envs=probe_envs(src), license=src.license,
+                            content_hash=content_hash(src.package_dir))
+    (src.package_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    return manifest
+
+
+def _has_build_frontend() -> bool:
+    try:
+        dist_version("build")
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def _run_build(cmd: list[str], cwd: Path, what: str) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"building the {what} of {cwd} failed:\n{(proc.stdout + proc.stderr).strip()[-3000:]}")
+
+
+def build_pack(root: str | Path, out: str | Path | None = None) -> tuple[PackManifest, list[Path]]:
+    """Write the manifest and build wheel + sdist (no build isolation: uses this environment's setuptools).
+
+    Returns:
+        The manifest and the paths of the built distributions.
+    """
+    src = read_pack(root)
+    manifest = write_manifest(src.root)
+    dist = Path(out).resolve() if out else src.root / "dist"
+    dist.mkdir(parents=True, exist_ok=True)
+    before = set(dist.iterdir())
+    if _has_build_frontend():
+        _run_build([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src.root)],
+                   src.root, "wheel and sdist")
+    else:
+        _run_build([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(dist), str(src.root)], src.root, "wheel")
+        # pip builds no sdists; call the PEP 517 hook of the declared backend (setuptools) directly.
+        hook = f"import setuptools.build_meta as b; b.build_sdist({str(dist)!r})"
+        _run_build([sys.executable, "-c", hook], src.root, "sdist")
+    built = sorted(set(dist.iterdir()) - before) or sorted(dist.glob("*"))
+    return manifest, built
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from toolgym.scaffold import scaffold
+
+    try:
+        root = scaffold(args.name, Path(args.dir) if args.dir else Path.cwd())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"created pack {args.name} in {root}")
+    return 0
+
+
+def cmd_pack_build(args: argparse.Namespace) -> int:
+    try:
+        manifest, built = build_pack(args.dir, args.out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"pack {manifest.name} {manifest.version}: {', '.join(manifest.envs)} ({manifest.content_hash})")
+    for path in built:
+        print(f"  built {path}")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add ``toolgym init`` and ``toolgym pack build`` to the CLI."""
+    p = subparsers.add_parser("init", help="scaffold a new environment pack")
+    p.add_argument("name", help="pack name: lowercase letters, digits and dashes")
+    p.add_argument("--dir", default=None, help="parent directory (default: current directory)")
+    p.set_defaults(func=cmd_init)
+    pack = subparsers.add_parser("pack", help="environment pack tools")
+    pack_sub = pack.add_subparsers(dest="pack_command", required=True)
+    b = pack_sub.add_parser("build", help="write the manifest and build wheel + sdist")
+    b.add_argument("dir", help="the pack directory")
+    b.add_argument("--out", default=None, help="output directory (default: DIR/dist)")
+    b.set_defaults(func=cmd_pack_build)
