@@ -7,6 +7,8 @@
     toolgym train [overrides]        GRPO training, a Hydra app (see ``toolgym train --help``)
     toolgym search build|serve       build or serve a search index
     toolgym sweep-report DIR         compare the runs of a Hydra multirun directory
+    toolgym init NAME                scaffold an environment pack
+    toolgym pack build DIR           build a pack's wheel and sdist with its manifest
 
 Subcommands that need heavy imports (torch, Hydra) load them only when used.
 """
@@ -28,7 +30,7 @@ console = Console()
 
 # Optional subcommands contributed by subpackages: (module, function adding the sub-parser).
 _PLUGINS = [("toolgym.rollouts.eval", "add_eval_parser"), ("toolgym.envs.search.cli", "add_subparsers"),
-            ("toolgym.trainers.report", "add_parser")]
+            ("toolgym.trainers.report", "add_parser"), ("toolgym.packs", "add_parsers")]
 
 
 def cmd_envs(args: argparse.Namespace) -> int:

@@ -142,12 +142,15 @@ def content_hash(package_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# Runs in a fresh interpreter with only the pack directory prepended to sys.path, so the pack's
-# modules are imported from DIR (never a stale installed copy or one cached in this process).
+# Runs in a fresh interpreter with the pack directory first on sys.path, so the pack's modules are
+# imported from DIR (never a stale installed copy or one cached in this process). Installed packs
+# are not loaded there, so only the built-ins and this pack's own register() fill the registry.
 _PROBE = """
 import json, sys, importlib
 import toolgym
+from toolgym import registry
 from toolgym.registry import _REGISTRY
+registry._packs_loaded = True
 before = set(_REGISTRY)
 module, _, fn = sys.argv[1].partition(":")
 getattr(importlib.import_module(module), fn)()
@@ -162,7 +165,8 @@ print(json.dumps(envs))
 
 def probe_envs(src: PackSource) -> dict[str, list[str]]:
     """Env ids the pack registers and each env's tool names, read by importing the pack from its directory."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src.root), os.environ.get("PYTHONPATH", "")])}
+    path = [str(src.root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     proc = subprocess.run([sys.executable, "-c", _PROBE, src.entry_value], cwd=src.root, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:

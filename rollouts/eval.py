@@ -18,9 +18,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolgym.errors import ConfigError
 from toolgym.rollouts.engines import EngineConfig, make_engine
 from toolgym.rollouts.records import Trajectory, TrajectoryWriter, done_keys, read_trajectories
 from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
+
+
+def parse_env_args(pairs: list[str]) -> dict[str, Any]:
+    """``["difficulty=1", "system_prompt="]`` -> ``{"difficulty": 1, "system_prompt": ""}``.
+
+    Example:
+        >>> parse_env_args(["difficulty=1", "name=x y"])
+        {'difficulty': 1, 'name': 'x y'}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env-arg wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def load_template(value: str | None) -> str | None:
+    """A template name passes through (resolved later); a path is read as Jinja source."""
+    if value and Path(value).is_file():
+        return Path(value).read_text()
+    return value
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,6 +73,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pass-threshold", type=float, default=None,
                    help="reward counted as solved (default: the rubric's maximum)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--chat-template", default=None,
+                   help="template name (qwen, thinking, compact) or Jinja file overriding the tokenizer's")
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment constructor argument (VALUE parsed as JSON when it can be), repeatable")
     p.set_defaults(func=run_eval)
     return p
 
@@ -116,7 +147,8 @@ def run_eval(args: argparse.Namespace) -> int:
     import toolgym
 
     out = Path(args.out)
-    make_env = lambda: toolgym.make(args.env_id, split=args.split).unwrapped  # noqa: E731
+    env_kwargs = parse_env_args(args.env_arg)
+    make_env = lambda: toolgym.make(args.env_id, split=args.split, **env_kwargs).unwrapped  # noqa: E731
     probe = make_env()
     threshold = args.pass_threshold if args.pass_threshold is not None else (probe.reward_bounds[1] or 1.0)
     n_tasks = min(args.episodes, len(probe.tasks))
@@ -139,10 +171,12 @@ def _run(args: argparse.Namespace, make_env: Any, todo: list[RolloutRequest], do
          out: Path, total: int) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if args.engine != "openai" and args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
+        raise ConfigError(f"model path {args.model!r} does not exist (give a checkpoint directory, a hub id or 'tiny')")
     engine = make_engine(EngineConfig(kind=args.engine, model=args.model, device=args.device,
                                       base_url=args.base_url, tokenizer=args.tokenizer))
     cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_turns=args.max_turns, temperature=args.temperature,
-                        top_p=args.top_p, max_concurrency=args.concurrency)
+                        top_p=args.top_p, max_concurrency=args.concurrency, chat_template=load_template(args.chat_template))
     progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                         TimeRemainingColumn(), disable=args.no_progress)
     rewards: list[float] = []

@@ -36,6 +36,10 @@ def test_two_step_run_writes_its_artefacts(tmp_path):
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     assert (tmp_path / ".hydra" / "config.yaml").exists()
     assert (tmp_path / "checkpoints" / "latest").exists()
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final")  # loadable by any HF tool
+    assert sum(p.numel() for p in final.parameters()) > 0
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -245,6 +245,9 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                             keep_last=tcfg.keep_checkpoints)
     after = evaluate(cfg, model, held_out, eval_env)
     run_log.write("eval", tcfg.steps, after)
+    # An ordinary Hugging Face checkpoint (or LoRA adapter) that eval, vLLM or transformers load.
+    model.save_pretrained(run_dir / "final")
+    tokenizer.save_pretrained(run_dir / "final")
     run_log.close()
     engine.close()
     summary = {"recipe": cfg.recipe, "env": cfg.env.id, "model": cfg.model.name_or_path, "seed": cfg.seed,
@@ -253,7 +256,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                "eval_reward_after_sft": state.get("eval_after_sft", {}).get("reward"),
                "eval_reward_after": after["reward"], "eval_pass_rate_after": after["pass_rate"],
                "eval_episodes": cfg.trainer.eval_episodes, "wall_s": round(time.perf_counter() - started, 1),
-               "resumed": latest is not None, "toolgym_version": toolgym.__version__}
+               "resumed": latest is not None, "final_model": str(run_dir / "final"),
+               "toolgym_version": toolgym.__version__}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curve(run_dir)
     return summary
