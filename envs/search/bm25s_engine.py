@@ -12,20 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError
+from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError, require_engine_package
 from toolgym.envs.search.text import STOPWORDS, query_terms
-from toolgym.errors import ConfigError
 
 _WORD = re.compile(r"[^\W_]+")  # the query word rule (see text.py)
 _DIR = "bm25s"
-
-
-def _import_bm25s():  # noqa: ANN202 - the module
-    try:
-        import bm25s
-    except ImportError:
-        raise ConfigError("the 'bm25s' engine needs the bm25s package: pip install bm25s") from None
-    return bm25s
 
 
 def tokens(text: str) -> list[str]:
@@ -50,7 +41,7 @@ class Bm25sRanker:
 
     @classmethod
     def build(cls, rows: Iterable[tuple[int, str, str]], out_dir: Path) -> None:
-        bm25s = _import_bm25s()
+        bm25s = require_engine_package("bm25s")
         corpus = []
         for row, title, text in rows:
             if row != len(corpus):
@@ -62,7 +53,7 @@ class Bm25sRanker:
 
     @classmethod
     def open(cls, out_dir: Path) -> Bm25sRanker:
-        bm25s = _import_bm25s()
+        bm25s = require_engine_package("bm25s")
         path = out_dir / _DIR
         if not path.is_dir():
             raise IndexNotFoundError(f"bm25s index missing: {path}")

@@ -6,7 +6,10 @@ tool message the model reads (the episode goes on); the CLI prints the message a
 
 from __future__ import annotations
 
-from toolgym.errors import ToolError
+import importlib
+from types import ModuleType
+
+from toolgym.errors import ConfigError, ToolError
 
 
 class SearchError(ToolError):
@@ -33,3 +36,16 @@ class SearchUnavailableError(SearchError):
 
 class ReplayMissError(SearchError):
     """Replay mode found no recorded result for this request (the run was not recorded with it)."""
+
+
+def require_engine_package(package: str) -> ModuleType:
+    """Import an engine's optional package, or say how to install it.
+
+    Example:
+        >>> require_engine_package("json").__name__
+        'json'
+    """
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ConfigError(f"the '{package}' engine needs the {package} package: pip install {package}") from None

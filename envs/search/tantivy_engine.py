@@ -10,20 +10,11 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError
+from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError, require_engine_package
 from toolgym.envs.search.text import query_terms
-from toolgym.errors import ConfigError
 
 TITLE_BOOST = 2.0
 _DIR = "tantivy"
-
-
-def _import_tantivy():  # noqa: ANN202 - the module
-    try:
-        import tantivy
-    except ImportError:
-        raise ConfigError("the 'tantivy' engine needs the tantivy package: pip install tantivy") from None
-    return tantivy
 
 
 def _schema(tantivy):  # noqa: ANN001, ANN202
@@ -45,7 +36,7 @@ class TantivyRanker:
 
     @classmethod
     def build(cls, rows: Iterable[tuple[int, str, str]], out_dir: Path, heap_mb: int = 256) -> None:
-        tantivy = _import_tantivy()
+        tantivy = require_engine_package("tantivy")
         path = out_dir / _DIR
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
@@ -62,7 +53,7 @@ class TantivyRanker:
 
     @classmethod
     def open(cls, out_dir: Path) -> TantivyRanker:
-        tantivy = _import_tantivy()
+        tantivy = require_engine_package("tantivy")
         path = out_dir / _DIR
         if not path.is_dir():
             raise IndexNotFoundError(f"tantivy index missing: {path}")
