@@ -28,8 +28,8 @@ import time
 from typing import Any
 
 import torch
+from toolgym_arithmetic import ArithmeticTasks
 
-from toolgym.envs.arithmetic import ArithmeticTasks
 from toolgym.envs.base import ToolEnv
 from toolgym.envs.parsing import ToolCall
 from toolgym.envs.tools import tool

@@ -27,7 +27,6 @@ from toolgym.registry import (
     load_packs,
     make,
     register,
-    register_builtins,
     registered,
     spec,
 )
@@ -36,8 +35,6 @@ try:
     __version__ = version("toolgym")
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0"
-
-register_builtins()
 
 __all__ = [
     "ConfigError", "EnvError", "EnvSpec", "ErrorRecord", "ModelError", "SandboxError", "ToolError", "ToolgymError",

@@ -20,6 +20,8 @@ wheel) and records, under spec version ``TOOLGYM_PACK_SPEC``:
 - ``name`` / ``version``: the distribution's name and version (from ``pyproject.toml``).
 - ``envs``: each env id the pack registers, mapped to the names of its tools.
 - ``license``: the license declared in ``pyproject.toml`` (``""`` when none).
+- ``requires``: what the pack's envs need at run time beyond Python packages, from the pack's
+  ``[tool.toolgym] requires`` table (e.g. ``sandbox_image``, ``memory``, ``search_index``).
 - ``content_hash``: ``sha256:<hex>`` over the package's source and data files, taken in sorted
   path order as ``path NUL bytes NUL`` (the manifest itself and bytecode excluded), so two builds
   of the same sources carry the same hash.
@@ -28,14 +30,16 @@ wheel) and records, under spec version ``TOOLGYM_PACK_SPEC``:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tomllib
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError, entry_points
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,7 @@ class PackManifest:
 
     Example:
         >>> m = PackManifest(name="demo", version="0.1.0", envs={"demo/Example-v0": ["reverse"]},
-        ...                  license="MIT", content_hash="sha256:00")
+        ...                  license="MIT", content_hash="sha256:00", requires={"sandbox_image": "python:3.11"})
         >>> PackManifest.from_json(m.to_json()) == m
         True
     """
@@ -65,6 +69,7 @@ class PackManifest:
     envs: dict[str, list[str]] = field(default_factory=dict)
     license: str = ""
     content_hash: str = ""
+    requires: dict[str, str] = field(default_factory=dict)
     spec_version: str = TOOLGYM_PACK_SPEC
 
     def to_json(self) -> str:
@@ -77,7 +82,8 @@ class PackManifest:
             raise ConfigError(f"pack manifest spec version {data.get('spec_version')!r} is not supported "
                               f"(this toolgym reads version {TOOLGYM_PACK_SPEC!r})")
         return cls(name=data["name"], version=data["version"], envs={k: list(v) for k, v in data["envs"].items()},
-                   license=data.get("license", ""), content_hash=data.get("content_hash", ""))
+                   license=data.get("license", ""), content_hash=data.get("content_hash", ""),
+                   requires={k: str(v) for k, v in data.get("requires", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class PackSource:
     license: str
     entry_name: str  # the entry point's name in the toolgym.envs group
     entry_value: str  # "module.path:function"
+    requires: dict[str, str] = field(default_factory=dict)  # [tool.toolgym] requires
 
     @property
     def package_dir(self) -> Path:
@@ -124,7 +131,11 @@ def read_pack(root: str | Path) -> PackSource:
         raise ConfigError(f"{root} is not a toolgym pack: pyproject.toml must declare exactly one entry point in "
                           f'[project.entry-points."{ENTRY_POINT_GROUP}"], found {len(eps)}')
     (entry_name, entry_value), = eps.items()
-    src = PackSource(root, project["name"], str(project["version"]), _license(project), entry_name, entry_value)
+    requires = data.get("tool", {}).get("toolgym", {}).get("requires", {})
+    if not isinstance(requires, dict):
+        raise ConfigError(f"{pyproject}: [tool.toolgym] requires must be a table of names to strings")
+    src = PackSource(root, project["name"], str(project["version"]), _license(project), entry_name, entry_value,
+                     {k: str(v) for k, v in requires.items()})
     if ":" not in entry_value or not (src.package_dir / "__init__.py").is_file():
         raise ConfigError(f"entry point {entry_name} = {entry_value!r} must be 'package.module:function' with the "
                           f"package in {root}")
@@ -181,9 +192,38 @@ def write_manifest(root: str | Path) -> PackManifest:
     """Compute a pack's manifest and write it into its import package."""
     src = read_pack(root)
     manifest = PackManifest(name=src.name, version=src.version, envs=probe_envs(src), license=src.license,
-                            content_hash=content_hash(src.package_dir))
+                            content_hash=content_hash(src.package_dir), requires=dict(src.requires))
     (src.package_dir / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
+
+
+@functools.cache
+def installed_pack(dist_name: str) -> dict[str, str]:
+    """Name, version and content hash of an installed pack, as recorded on trajectories.
+
+    The hash is the built manifest's; for a pack installed from source in editable mode (no
+    manifest yet) it is computed from the sources now, so local edits show up as a new hash.
+    Envs registered by code rather than by a pack belong to ``toolgym`` itself (hash left empty).
+
+    Example:
+        >>> installed_pack("toolgym-arithmetic")["pack_hash"].startswith("sha256:")
+        True
+    """
+    try:
+        version = dist_version(dist_name)
+    except PackageNotFoundError:
+        return {"pack": dist_name, "pack_version": "", "pack_hash": ""}
+    digest = ""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None and ep.dist.name == dist_name:
+            found = importlib.util.find_spec(ep.value.split(":")[0].split(".")[0])
+            if found is not None and found.submodule_search_locations:
+                package_dir = Path(next(iter(found.submodule_search_locations)))
+                manifest = package_dir / MANIFEST_NAME
+                digest = (PackManifest.from_json(manifest.read_text()).content_hash if manifest.is_file()
+                          else content_hash(package_dir))
+            break
+    return {"pack": dist_name, "pack_version": version, "pack_hash": digest}
 
 
 def _has_build_frontend() -> bool:

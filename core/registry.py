@@ -3,7 +3,8 @@
 ``toolgym.register("owner/Name-v0", entry_point="pkg.module:Class", **defaults)`` records the env
 and registers it with Gymnasium, so ``gymnasium.make`` works too. Third-party packs are found
 through the Python entry point group ``toolgym.envs``: each entry point names a function that
-registers the pack's envs (or a module whose import does).
+registers the pack's envs (or a module whose import does). The built-in environments ship the
+same way, as the packs in the repository's ``packs/`` folder.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -21,6 +23,7 @@ from toolgym.errors import ConfigError
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "toolgym.envs"
+ENV_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*-v\d+$")
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,19 @@ def register(id: str, entry_point: str, *, pack: str = "toolgym", **kwargs: Any)
     """Register an environment with toolgym and Gymnasium.
 
     Args:
-        id: ``namespace/Name-vN``.
+        id: ``owner/Name-vN``; the version is part of the id, so trajectories name the exact env.
         entry_point: ``"module.path:ClassName"`` (imported only when the env is made).
         pack: The distribution that provides it (shown by ``toolgym envs``).
         **kwargs: Default constructor arguments.
 
     Example:
-        >>> spec = register("demo/Doc-v0", entry_point="toolgym.envs.arithmetic:ArithmeticEnv", size=3)
+        >>> spec = register("demo/Doc-v0", entry_point="toolgym_arithmetic:ArithmeticEnv", size=3)
         >>> make("demo/Doc-v0").unwrapped.tasks.size
         3
     """
+    if not ENV_ID.match(id):
+        raise ConfigError(f"environment id {id!r} must look like 'owner/Name-vN' (a namespace, a name and a "
+                          "version, bumped whenever rewards or tasks change)")
     if ":" not in entry_point:
         raise ConfigError(f"entry_point must look like 'module.path:ClassName', got {entry_point!r}")
     spec = EnvSpec(id=id, entry_point=entry_point, kwargs=dict(kwargs), pack=pack)
@@ -72,6 +78,7 @@ def load_packs(force: bool = False) -> dict[str, str]:
         return dict(pack_errors)
     _packs_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        before = set(_REGISTRY)
         try:
             target = ep.load()
             if callable(target):
@@ -79,6 +86,10 @@ def load_packs(force: bool = False) -> dict[str, str]:
         except Exception as exc:
             pack_errors[ep.name] = f"{type(exc).__name__}: {exc}"
             log.warning("toolgym: pack %r failed to load: %s", ep.name, exc)
+        dist = ep.dist.name if ep.dist is not None else ep.name
+        for env_id in set(_REGISTRY) - before:  # the distribution that registered an env is its pack
+            if _REGISTRY[env_id].pack == "toolgym":
+                _REGISTRY[env_id] = replace(_REGISTRY[env_id], pack=dist)
     return dict(pack_errors)
 
 
@@ -109,10 +120,3 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
     """Create an environment by id, like ``gymnasium.make`` but with toolgym's lookup errors."""
     spec(env_id)
     return gym.make(env_id, **kwargs)
-
-
-def register_builtins() -> None:
-    """The environments that ship with toolgym (their modules load only when made)."""
-    register("toolgym/Arithmetic-v0", entry_point="toolgym.envs.arithmetic:ArithmeticEnv")
-    register("toolgym/SearchQA-v0", entry_point="toolgym.envs.search_qa:SearchQAEnv")
-    register("toolgym/PythonCode-v0", entry_point="toolgym.envs.python_code:PythonCodeEnv")

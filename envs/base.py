@@ -172,6 +172,12 @@ class ToolEnv(gym.Env):
             return None
         return "\n".join(f"[{m['role']}] {m.get('content') or ''}" for m in self.state.messages)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled or copied env carries its configuration, tasks and tools, not a running
+        # episode: the event loop and the episode's resources (sandbox sessions, search clients)
+        # belong to this process. Call reset() on the copy.
+        return {**self.__dict__, "_loop": None, "state": None}
+
     # ---- one turn ----------------------------------------------------------------------------
     def _begin_turn(self, action: Any) -> tuple[ParsedTurn, list[ToolCall]]:
         state = self.state

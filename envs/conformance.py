@@ -2,14 +2,16 @@
 
 Each check exercises one promise an environment makes to a trainer: Gymnasium's API, seeded
 determinism, valid tool schemas, rewards inside the declared range, survival of malformed tool
-calls, oracle demonstrations that earn the maximum reward, and reward-hacking probes (empty,
+calls, oracle demonstrations that earn the maximum reward, reward-hacking probes (empty,
 format-only, prompt-copying, very long, every-candidate, tool-call-hidden and judge-injection
-answers) that must not.
+answers) that must not, and pickling/copying for use across processes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import re
 import traceback
 import warnings
@@ -186,6 +188,29 @@ def _hacking_probes(env: ToolEnv) -> str:
     return f"{played} probe episodes all scored <= {ceiling:g}"
 
 
+def _picklable(env: ToolEnv) -> str:
+    # Vector envs and worker pools send envs to other processes: a pickled or deep-copied env must
+    # play the same episode as the original (after an episode, so per-episode state is present).
+    env.reset(seed=3)
+    try:
+        blob = pickle.dumps(env)
+    except Exception as exc:
+        raise AssertionError(f"the env does not pickle ({type(exc).__name__}: {exc}); define tools, rubric "
+                             "functions and task sources at module level, and drop live resources in "
+                             "__getstate__") from None
+    for name, other in (("pickled", pickle.loads(blob)), ("deep-copied", copy.deepcopy(env))):
+        try:
+            runs = []
+            for e in (env, other):
+                obs, info = e.reset(seed=11)
+                step = e.step("Answer: 0")
+                runs.append((obs, info["task_id"], step[0], step[1:4]))
+            assert runs[0] == runs[1], f"the {name} env played a different episode than the original"
+        finally:
+            other.close()
+    return f"pickles to {len(blob)} bytes; pickled and deep-copied envs replay the same episode"
+
+
 CHECKS: dict[str, Callable[[ToolEnv], str]] = {
     "gymnasium_api": _gym_api,
     "seeded_determinism": _determinism,
@@ -194,6 +219,7 @@ CHECKS: dict[str, Callable[[ToolEnv], str]] = {
     "malformed_calls": _malformed,
     "oracle_demonstrations": _oracle,
     "reward_hacking_probes": _hacking_probes,
+    "picklable": _picklable,
 }
 
 

@@ -9,8 +9,11 @@ timeouts come back as a :class:`ToolResult` whose text the model sees.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
 import inspect
 import re
+import sys
 import time
 import types
 import typing
@@ -138,6 +141,16 @@ class Tool:
     is_async: bool = False
     _checks: dict[str, tuple[Any, bool]] = field(default_factory=dict, repr=False)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # ``@tool`` rebinds the function's module-level name to the Tool, so pickle cannot find the
+        # raw function by name; refer to the module's Tool instead (keeping this copy's settings).
+        module, qualname = getattr(self.fn, "__module__", None), getattr(self.fn, "__qualname__", "")
+        shared = getattr(sys.modules.get(module or ""), qualname, None) if "." not in qualname else None
+        if isinstance(shared, Tool) and shared.fn is self.fn:
+            settings = {"name": self.name, "timeout": self.timeout, "max_result_chars": self.max_result_chars}
+            return (_module_tool, (module, qualname, settings))
+        return super().__reduce_ex__(protocol)
+
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, hidden: Iterable[str] = (),
                       timeout: float | None = 30.0, max_result_chars: int = 16_000) -> Tool:
@@ -253,8 +266,13 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, hidde
 
 
 def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
-    """Accept a :class:`Tool` or a plain function."""
-    return obj if isinstance(obj, Tool) else Tool.from_function(obj)
+    """Accept a :class:`Tool` or a plain function; a ``Tool`` is copied, so an env may change its settings."""
+    return dataclasses.replace(obj) if isinstance(obj, Tool) else Tool.from_function(obj)
+
+
+def _module_tool(module: str, qualname: str, settings: dict[str, Any]) -> Tool:
+    """Unpickle a ``@tool`` defined at module level: the module's Tool with the pickled copy's settings."""
+    return dataclasses.replace(getattr(importlib.import_module(module), qualname), **settings)
 
 
 def _error(text: str, kind: str, start: float) -> ToolResult:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from toolgym.errors import ConfigError
+from toolgym.paths import cache_path
 
 TINY_BUILD_VERSION = 2  # bump when the corpus, template or architecture changes: old caches rebuild
 
@@ -169,6 +170,9 @@ _CODE = [
 ]
 
 _MARKER = "toolgym_tiny.json"
+# The packs whose text the tiny tokenizer learns: a fixed list, so installing a pack never
+# changes the vocabulary (and so never changes a seeded run).
+TOKENIZER_PACKS = ("toolgym-arithmetic", "toolgym-python-code", "toolgym-search-qa")
 _ENV_CHARS = 150_000  # corpus characters per built-in env (message text, tool schemas not counted)
 _lock = threading.Lock()
 _memo: dict[tuple[int, str, str], Path] = {}
@@ -176,7 +180,7 @@ _memo: dict[tuple[int, str, str], Path] = {}
 
 def default_cache_dir() -> Path:
     """Where :func:`tiny_model_path` keeps builds (``$TOOLGYM_CACHE`` or ``~/.cache/toolgym``)."""
-    return Path(os.environ.get("TOOLGYM_CACHE") or Path.home() / ".cache" / "toolgym") / "tiny"
+    return cache_path("tiny")
 
 
 def tiny_model_path(*, seed: int = 0, size: str = "tiny", cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -321,8 +325,8 @@ def _env_chats(rng: random.Random) -> Iterator[tuple[list[dict[str, Any]], list[
     import toolgym
 
     for env_id, spec in toolgym.registered().items():
-        if spec.pack != "toolgym":
-            continue  # third-party packs must not change the tiny tokenizer
+        if spec.pack not in TOKENIZER_PACKS:
+            continue  # other packs (and envs registered by user code) must not change the tiny tokenizer
         try:
             env = toolgym.make(env_id, split="train").unwrapped
         except ImportError:

@@ -393,7 +393,7 @@ class _Episode:
         spec = getattr(self.env, "spec", None)
         env_id = getattr(spec, "id", None) or self.worker.env_id
         versions = {"toolgym": _toolgym_version(), "env": env_version, "model": self.worker.model_version,
-                    "weights": str(getattr(self.worker.engine, "weights_version", 0))}
+                    "weights": str(getattr(self.worker.engine, "weights_version", 0)), **_pack_versions(env_id)}
         reward = float(sum(self.turn_rewards)) if self.error is None or self.final_info else 0.0
         out = []
         for i, part in enumerate(self.segments):
@@ -430,3 +430,12 @@ def _toolgym_version() -> str:
     import toolgym
 
     return str(toolgym.__version__)
+
+
+def _pack_versions(env_id: str) -> dict[str, str]:
+    """The pack that provides ``env_id``: name, version and content hash (empty for unregistered envs)."""
+    from toolgym.packs import installed_pack
+    from toolgym.registry import registered
+
+    spec = registered().get(env_id)
+    return installed_pack(spec.pack) if spec is not None else {}

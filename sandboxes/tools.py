@@ -92,6 +92,10 @@ class SandboxResources:
             self.sandbox_pool = shared_pool(self.sandbox_config)
         return self.sandbox_pool
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A pool is live processes and connections: a copy opens (or shares) its own from the config.
+        return {**super().__getstate__(), "sandbox_pool": None}  # type: ignore[misc]
+
     def setup_episode(self, state: Any) -> None:
         state.resources["sandbox"] = self._pool().acquire()
 

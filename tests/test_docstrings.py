@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+from importlib.metadata import entry_points
 
 import pytest
 
@@ -14,12 +15,14 @@ SKIP = {"toolgym.sandboxes.executor"}  # runs inside the sandbox image, not impo
 
 
 SUBPACKAGES = ["toolgym.envs", "toolgym.verifiers", "toolgym.sandboxes", "toolgym.rollouts", "toolgym.trainers"]
+# the built-in packs (packs/): their import packages, found through the entry points they declare
+PACKS = sorted({ep.value.split(":")[0].split(".")[0] for ep in entry_points(group="toolgym.envs")})
 
 
 def modules() -> list[str]:
     # The subpackages live in their own folders (package-dir mapping), so walk each one.
     names = {info.name for info in pkgutil.iter_modules(toolgym.__path__, prefix="toolgym.")}
-    for sub in SUBPACKAGES:
+    for sub in SUBPACKAGES + PACKS:
         package = importlib.import_module(sub)
         names.add(sub)
         names.update(info.name for info in pkgutil.walk_packages(package.__path__, prefix=sub + "."))

@@ -162,15 +162,6 @@ def test_observations_are_fresh_copies():
     assert obs2[1]["content"] != "tampered" and obs2[-1]["content"] == "6"
 
 
-def test_calculator_refuses_what_is_not_arithmetic():
-    from toolgym.envs.arithmetic import calculator
-
-    assert calculator.call_sync({"expression": "(2 + 3) * 4 / 8"}, {}).content == "2.5"
-    for bad in ["__import__('os').system('true')", "open('/etc/passwd')", "9**9**9", "1/0", "x" * 600, "[1, 2]"]:
-        result = calculator.call_sync({"expression": bad}, {})
-        assert not result.ok and result.content.startswith("Error"), bad
-
-
 def test_slow_async_tool_times_out_without_raising():
     @tool(timeout=0.05)
     async def sleepy(seconds: float) -> str:

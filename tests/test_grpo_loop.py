@@ -9,6 +9,7 @@ import torch
 
 from toolgym.errors import ErrorRecord
 from toolgym.rollouts.records import Trajectory, Turn
+from toolgym.trainers.curriculum import UniformSampler
 from toolgym.trainers.grpo import TrainerConfig, build_batch, collect, policy_update
 
 
@@ -38,7 +39,7 @@ class FakeWorker:
 def test_dynamic_sampling_keeps_only_informative_groups():
     cfg = TrainerConfig(tasks_per_step=4, group_size=4, dynamic_sampling=True, max_refills=5)
     worker = FakeWorker()
-    groups, stats = collect(worker, cfg, 1000, random.Random(0))
+    groups, stats = collect(worker, cfg, UniformSampler(1000), random.Random(0))
     assert len(groups) == 4 and worker.calls > 1
     assert all(len({t.reward for t in g}) > 1 for g in groups)
     assert stats["groups_dropped"] > 0

@@ -166,3 +166,12 @@ def test_pack_init_build_publish_install(tmp_path: Path) -> None:
     listed = _run([str(python), "-m", "toolgym.cli", "envs"], cwd=tmp_path, env=venv_env).stdout
     assert ENV_ID in listed and "reverse" in listed
     _run([str(python), "-m", "toolgym.cli", "check", ENV_ID], cwd=tmp_path, env=venv_env)
+
+
+@pytest.mark.parametrize("bad", ["Arithmetic", "toolgym/Arithmetic", "toolgym/Arithmetic-v", "a/b/c-v0", "x/y z-v1"])
+def test_env_ids_need_an_owner_a_name_and_a_version(bad: str) -> None:
+    from toolgym.errors import ConfigError
+    from toolgym.registry import register
+
+    with pytest.raises(ConfigError, match="owner/Name-vN"):
+        register(bad, entry_point="toolgym_arithmetic:ArithmeticEnv")

@@ -63,3 +63,42 @@ def test_probes_separate_sound_from_hackable_verifiers(cls, sound):
     assert results["reward_hacking_probes"].passed is sound, results["reward_hacking_probes"].detail
     if not sound:
         assert "scored 1" in results["reward_hacking_probes"].detail
+
+
+class ClosureToolEnv(ProbeEnv):
+    """Its tool is a closure: fine in one process, but it cannot be sent to another."""
+
+    def make_tools(self):
+        table = {"alpha": "seven"}
+
+        def local_lookup(key: str) -> str:
+            """Look a key up.
+
+            Args:
+                key: The key.
+            """
+            return table.get(key, "none")
+
+        return [local_lookup]
+
+
+def test_pickling_check_catches_an_env_that_cannot_cross_processes():
+    toolgym.register("tests/ClosureToolEnv-v0", entry_point=f"{__name__}:ClosureToolEnv")
+    results = {r.name: r for r in run_checks("tests/ClosureToolEnv-v0").results}
+    assert not results["picklable"].passed and "does not pickle" in results["picklable"].detail
+    toolgym.register("tests/PicklableProbeEnv-v0", entry_point=f"{__name__}:ProbeEnv")
+    assert {r.name: r for r in run_checks("tests/PicklableProbeEnv-v0").results}["picklable"].passed
+
+
+def test_a_pickled_env_keeps_its_tool_settings_and_leaves_the_shared_tool_alone():
+    import pickle
+
+    env = ProbeEnv(tool_timeout=2.5)
+    env.reset(seed=0)
+    copy = pickle.loads(pickle.dumps(env))
+    assert copy.state is None and copy.tools["lookup"].timeout is None  # timeout-less tools stay timeout-less
+    env.tools["lookup"].max_result_chars = 7
+    assert lookup.max_result_chars == 16_000 and copy.tools["lookup"].max_result_chars == 16_000
+    copy.reset(seed=0)
+    obs, *_ = copy.step('<tool_call>{"name": "lookup", "arguments": {"key": "alpha"}}</tool_call>')
+    assert obs[-1]["content"] == "seven"

@@ -128,6 +128,9 @@ def test_oracle_episodes_are_token_exact_and_rewarded(tok):
         assert t.error is None and t.reward == 1.0 and t.rubric["numeric_close"] == 1.0
         assert len(t.turns) == 2 and t.cost.tool_calls == 1 and t.terminated and not t.truncated
         assert t.group_id == t.task_id and t.versions["toolgym"] == toolgym.__version__
+        # the pack that provided the env is recorded: name, version and content hash of its sources
+        assert t.versions["pack"] == "toolgym-arithmetic" and t.versions["pack_version"] == "0.1.0"
+        assert t.versions["pack_hash"].startswith("sha256:")
         # a canonical sampler's trajectory is exactly the re-rendered conversation
         assert t.token_ids == fmt.encode(fmt.render(t.messages, generation_prompt=False))[:-1]
 

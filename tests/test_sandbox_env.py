@@ -6,8 +6,8 @@ import json
 
 import pytest
 from conftest_docker import any_pool, require_docker, small_config  # noqa: F401
+from toolgym_python_code import TASKS, PythonCodeEnv, extract_code, run_hidden_tests
 
-from toolgym.envs.python_code import TASKS, PythonCodeEnv, extract_code, run_hidden_tests
 from toolgym.sandboxes.tools import python, shell
 
 
@@ -99,7 +99,7 @@ def test_conformance_checks_pass(backend):
     if backend == "docker":
         require_docker()
     # Env kwargs must stay picklable (Gymnasium checks the spec): pass a config, not a pool.
-    toolgym.register("test/PythonCode-v0", entry_point="toolgym.envs.python_code:PythonCodeEnv")
+    toolgym.register("test/PythonCode-v0", entry_point="toolgym_python_code:PythonCodeEnv")
     try:
         report = run_checks("test/PythonCode-v0", sandbox_config=small_config(backend))
     finally:

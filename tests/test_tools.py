@@ -95,7 +95,8 @@ def test_decorator_forms_and_name_override():
 
     assert isinstance(plain, Tool) and plain.name == "plain" and plain.description == ""
     assert (coro.name, coro.timeout, coro.max_result_chars, coro.is_async) == ("renamed", 1.5, 10, True)
-    assert as_tool(plain) is plain
+    copied = as_tool(plain)  # a copy: an env that changes its tool's settings changes only its own
+    assert copied == plain and copied is not plain
     assert as_tool(search).name == "search"
 
 

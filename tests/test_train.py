@@ -59,7 +59,8 @@ def _train_rows(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     args = ["trainer.steps=4", "trainer.sft.steps=4", "trainer.sft.demonstrations=32", "trainer.tasks_per_step=2",
-            "trainer.group_size=4", "trainer.eval_episodes=4", "trainer.checkpoint_every=1", "tensorboard=false"]
+            "trainer.group_size=4", "trainer.eval_episodes=4", "trainer.checkpoint_every=1", "tensorboard=false",
+            "trainer.curriculum.kind=pass_rate"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # Both runs in fresh processes: the same program, interrupted or not.
     base = [sys.executable, "-m", "toolgym.cli", "train", *args]

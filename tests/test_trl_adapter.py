@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("trl")
 
+from toolgym_arithmetic import calculator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import get_json_schema  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from toolgym.envs.arithmetic import calculator  # noqa: E402
 from toolgym.errors import ConfigError  # noqa: E402
 from toolgym.rollouts.engines.fake import ScriptedEngine  # noqa: E402
 from toolgym.rollouts.tiny import tiny_model_path  # noqa: E402

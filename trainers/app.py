@@ -36,6 +36,7 @@ from toolgym.rollouts.worker import RolloutConfig, RolloutWorker
 from toolgym.sandboxes.config import SandboxConfig
 from toolgym.trainers import grpo
 from toolgym.trainers.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from toolgym.trainers.curriculum import TaskSampler, make_sampler
 from toolgym.trainers.model import ModelConfig, load_policy
 from toolgym.trainers.sft import demonstration_samples, sft, trajectory_samples
 
@@ -229,9 +230,12 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         save_checkpoint(run_dir / "checkpoints", 0, model, optimizer, scheduler, data_state=state,
                         keep_last=tcfg.keep_checkpoints)
     ref_model = reference_model(model, run_dir, resumed=latest is not None) if tcfg.loss.beta > 0 else None
+    sampler = make_sampler(tcfg.curriculum, train_env.tasks)
+    sampler.load_state_dict(state.get("curriculum", {}))
     for step in range(state["step"] + 1, tcfg.steps + 1):
         state["step"] = step
-        metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, train_env, pad_id, ref_model)
+        metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, sampler, pad_id, ref_model)
+        state["curriculum"] = sampler.state_dict()
         run_log.write("train", step, metrics)
         console.print(f"step {step:3d}  reward {metrics['reward_mean']:.3f}±{metrics['reward_std']:.3f}  "
                       f"pass {metrics['pass_rate']:.2f}  kl {metrics.get('kl', 0.0):.4f}  "
@@ -280,14 +284,14 @@ def reference_model(model: Any, run_dir: Path, resumed: bool) -> Any:
 
 
 def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler: Any, engine: Any,
-             worker: RolloutWorker, train_env: Any, pad_id: int, ref_model: Any = None) -> dict[str, float]:
+             worker: RolloutWorker, sampler: TaskSampler, pad_id: int, ref_model: Any = None) -> dict[str, float]:
     """Rollouts, advantages and one update; seeded by (seed, step) so a resumed run repeats it."""
     tcfg = cfg.trainer
     rng = random.Random(cfg.seed * 1_000_003 + step)
     torch.manual_seed(cfg.seed * 1_000_003 + step)
     worker.config = dataclasses.replace(cfg.rollout, sampling_seed=cfg.seed * 1_000_003 + step)
     model.eval()
-    (groups, sample_stats), generate_s = grpo.timed(lambda: grpo.collect(worker, tcfg, len(train_env.tasks), rng))
+    (groups, sample_stats), generate_s = grpo.timed(lambda: grpo.collect(worker, tcfg, sampler, rng))
     batch = grpo.build_batch(groups, tcfg, pad_id)
     update, train_s = grpo.timed(lambda: grpo.policy_update(model, optimizer, batch, tcfg, cfg.rollout.temperature,
                                                             ref_model))

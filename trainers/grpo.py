@@ -36,6 +36,7 @@ from toolgym.rollouts.records import Trajectory
 from toolgym.rollouts.worker import RolloutRequest, RolloutWorker
 from toolgym.trainers.advantages import compute_advantages, dynamic_sampling_filter, turn_level_advantages
 from toolgym.trainers.batch import TokenBatch, pad_batch, token_logprobs
+from toolgym.trainers.curriculum import CurriculumConfig, TaskSampler
 from toolgym.trainers.losses import BatchTotals, LossConfig, compute_loss
 from toolgym.trainers.sft import SFTConfig
 
@@ -61,6 +62,7 @@ class TrainerConfig:
         keep_checkpoints: How many checkpoints to keep.
         loss: Loss type and its hyper-parameters.
         sft: Supervised warm start before GRPO.
+        curriculum: How tasks are chosen each step (uniform, or by online pass rate).
     """
 
     steps: int = 20
@@ -82,13 +84,14 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     loss: LossConfig = field(default_factory=LossConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 # ---- rollouts --------------------------------------------------------------------------------
-def sample_requests(num_tasks: int, num_available: int, group_size: int, rng: random.Random) -> list[RolloutRequest]:
-    """``num_tasks`` distinct tasks (by index), each a group of ``group_size`` episodes."""
-    picks = rng.sample(range(num_available), min(num_tasks, num_available))
-    return [RolloutRequest({"task_index": i}, group_size=group_size, group_id=f"t{i}") for i in picks]
+def sample_requests(num_tasks: int, sampler: TaskSampler, group_size: int, rng: random.Random) -> list[RolloutRequest]:
+    """``num_tasks`` distinct tasks (by index, chosen by the curriculum), each a group of ``group_size`` episodes."""
+    return [RolloutRequest({"task_index": i}, group_size=group_size, group_id=f"t{i}")
+            for i in sampler.sample(num_tasks, rng)]
 
 
 def grouped(trajectories: list[Trajectory]) -> list[list[Trajectory]]:
@@ -104,17 +107,23 @@ def episode_reward(t: Trajectory) -> float:
     return float("nan") if t.error is not None else float(t.reward)
 
 
-def collect(worker: RolloutWorker, cfg: TrainerConfig, num_tasks: int, rng: random.Random
+def collect(worker: RolloutWorker, cfg: TrainerConfig, sampler: TaskSampler, rng: random.Random
             ) -> tuple[list[list[Trajectory]], dict[str, float]]:
-    """Run rollouts for one step; with dynamic sampling keep only groups that can teach something."""
+    """Run rollouts for one step; with dynamic sampling keep only groups that can teach something.
+
+    Every group that ran (kept or dropped) updates the curriculum's pass rates.
+    """
     groups: list[list[Trajectory]] = []
     stats = {"groups_sampled": 0.0, "groups_dropped": 0.0}
     for _ in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
         need = cfg.tasks_per_step - len(groups)
         if need <= 0:
             break
-        batch = grouped(worker.run_sync(sample_requests(need, num_tasks, cfg.group_size, rng)))
+        batch = grouped(worker.run_sync(sample_requests(need, sampler, cfg.group_size, rng)))
         stats["groups_sampled"] += len(batch)
+        for g in batch:
+            if g[0].group_id.startswith("t"):
+                sampler.update(int(g[0].group_id[1:]), [episode_reward(t) for t in g if t.segment == 0])
         if cfg.dynamic_sampling:
             rewards = torch.tensor([[episode_reward(t) for t in g] for g in batch if len(g) == cfg.group_size])
             keep = dynamic_sampling_filter(rewards).tolist() if len(rewards) else []

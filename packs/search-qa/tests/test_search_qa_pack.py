@@ -6,12 +6,13 @@ import asyncio
 import json
 
 import pytest
+from toolgym_search_qa import SearchQAEnv
 
 from toolgym.envs.search import SearchServer, build_index, open_index
 from toolgym.envs.search.client import close_backends
 from toolgym.envs.search.errors import IndexNotFoundError
 from toolgym.envs.search.world import articles, cached_world, questions
-from toolgym.envs.search_qa import SearchQAEnv, world_index
+from toolgym.envs.search.world_index import world_index
 from toolgym.errors import ConfigError
 
 SEED, SIZE = 3, 120
@@ -194,7 +195,7 @@ def test_conformance_checks_pass(cache_dir):
     import toolgym
     from toolgym.envs.conformance import run_checks
 
-    toolgym.register("test/SearchQA-v0", entry_point="toolgym.envs.search_qa:SearchQAEnv", seed=SEED,
+    toolgym.register("test/SearchQA-v0", entry_point="toolgym_search_qa:SearchQAEnv", seed=SEED,
                      num_entities=SIZE, cache_dir=str(cache_dir))
     report = run_checks("test/SearchQA-v0")
     failed = [(r.name, r.detail) for r in report.results if not r.passed]

@@ -13,52 +13,22 @@ model searched at all are logged as metrics.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from toolgym.envs.base import EpisodeState, ToolEnv
 from toolgym.envs.search.client import SearchConfig, SearchSession, make_backend
-from toolgym.envs.search.engines import available_engine
-from toolgym.envs.search.index import build_index
 from toolgym.envs.search.tools import open_document, search
-from toolgym.envs.search.world import WORLD_VERSION, articles, cached_world, questions
+from toolgym.envs.search.world import cached_world, questions
+from toolgym.envs.search.world_index import world_index
 from toolgym.envs.task import ListTasks, Task
 from toolgym.errors import ConfigError
 from toolgym.verifiers.checks import exact_match, token_f1
 from toolgym.verifiers.rubric import Rubric
 
 EVAL_FRACTION = 0.1
-
-
-def default_cache_dir() -> Path:
-    """Where generated indexes are cached: ``$TOOLGYM_CACHE`` or ``~/.cache/toolgym``."""
-    return Path(os.environ.get("TOOLGYM_CACHE") or Path.home() / ".cache" / "toolgym")
-
-
-def world_index(seed: int, num_entities: int, cache_dir: Path | None = None, engine: str | None = None) -> Path:
-    """The index of a generated encyclopedia, built once and reused (safe across processes).
-
-    Example:
-        >>> import tempfile
-        >>> path = world_index(0, 40, Path(tempfile.mkdtemp()), engine="fts5")
-        >>> (path / "manifest.json").is_file()
-        True
-    """
-    engine = engine or available_engine()
-    root = (cache_dir or default_cache_dir()) / "search_qa"
-    path = root / f"world-v{WORLD_VERSION}-seed{seed}-n{num_entities}-{engine}"
-    if (path / "manifest.json").is_file():
-        return path
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # many workers may start at once: one builds, the rest wait
-        if not (path / "manifest.json").is_file():
-            build_index(articles(cached_world(seed, num_entities)), path, engines=[engine], overwrite=True)
-    return path
 
 
 def _config(options: dict[str, Any]) -> SearchConfig:
