@@ -1,7 +1,7 @@
 """The ``toolgym`` command line.
 
     toolgym envs                     list registered environments (id, pack, tools)
-    toolgym check [ENV_ID ...]       conformance checks (all envs when no id is given)
+    toolgym check [ENV_ID ...]       conformance checks (all envs when no id is given; --env-arg K=V)
     toolgym play ENV_ID              type the assistant's turns yourself
     toolgym eval ENV_ID --model ...  evaluate a model (see ``toolgym eval -h``)
     toolgym train [overrides]        GRPO training, a Hydra app (see ``toolgym train --help``)
@@ -53,13 +53,15 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from toolgym.envs.conformance import run_checks
+    from toolgym.rollouts.eval import parse_env_args
 
     ids = args.env_ids or list(toolgym.registered())
     for env_id in ids:
         toolgym.spec(env_id)  # an unknown id is a usage error (exit 2) naming the closest ids
+    env_kwargs = parse_env_args(args.env_arg)
     failed = 0
     for env_id in ids:
-        report = run_checks(env_id)
+        report = run_checks(env_id, **env_kwargs)
         table = Table(title=f"toolgym check {env_id}")
         for col in ("check", "result", "detail"):
             table.add_column(col)
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("envs", help="list registered environments").set_defaults(func=cmd_envs)
     p = sub.add_parser("check", help="conformance checks for environments")
     p.add_argument("env_ids", nargs="*", help="ids to check (default: all)")
+    p.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument for the env (JSON value or string), repeatable")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("play", help="play an environment by typing the assistant turns")
     p.add_argument("env_id")

@@ -49,6 +49,7 @@ class EpisodeState:
     tool_errors: int = 0
     malformed_calls: int = 0
     done: bool = False  # a tool may set this to end the episode (e.g. a ``submit`` tool)
+    released: bool = False  # resources were given back (the episode ended or was abandoned)
     calls: list[ToolCall] = field(default_factory=list)
     turn_rewards: list[float] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)  # sandbox, search client ...
@@ -152,6 +153,8 @@ class ToolEnv(gym.Env):
         else:
             results = self._run_coroutine(self._run_calls(calls))
         out = self._end_turn(parsed, calls, results)
+        if out.terminated or out.truncated:
+            self._end_episode()  # scored: give the sandbox/search session back now, not at the next reset
         return self._observation(), out.reward, out.terminated, out.truncated, out.info
 
     async def astep(self, action: Any) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
@@ -159,6 +162,8 @@ class ToolEnv(gym.Env):
         parsed, calls = self._begin_turn(action)
         results = await self._run_calls(calls)
         out = self._end_turn(parsed, calls, results)
+        if out.terminated or out.truncated:
+            await asyncio.to_thread(self._end_episode)  # teardown may block: keep it off the event loop
         return self._observation(), out.reward, out.terminated, out.truncated, out.info
 
     def close(self) -> None:
@@ -293,7 +298,9 @@ class ToolEnv(gym.Env):
         return [copy.copy(m) if "tool_calls" not in m else copy.deepcopy(m) for m in self.state.messages]
 
     def _end_episode(self) -> None:
-        if self.state is not None:
+        # Runs once per episode: at its last step, or at reset()/close() if it was abandoned.
+        if self.state is not None and not self.state.released:
+            self.state.released = True
             try:
                 self.teardown_episode(self.state)
             finally:

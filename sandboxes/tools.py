@@ -103,3 +103,14 @@ class SandboxResources:
         sandbox = state.resources.pop("sandbox", None)
         if sandbox is not None:
             sandbox.close()
+
+
+def used_python(tool_calls: list[Any]) -> float:
+    """Metric (weight 0 in a rubric): 1.0 if the episode ran code with the python tool.
+
+    Example:
+        >>> from toolgym.envs.parsing import ToolCall
+        >>> used_python([ToolCall(name="python", arguments={"code": "1"})]), used_python([])
+        (1.0, 0.0)
+    """
+    return float(any(getattr(c, "name", None) == "python" for c in tool_calls))

@@ -21,7 +21,15 @@ def test_envs_lists_builtins(capsys):
 def test_check_passes_for_arithmetic(capsys):
     assert main(["check", "toolgym/Arithmetic-v0"]) == 0
     out = capsys.readouterr().out
-    assert "oracle_demonstrations" in out and "FAIL" not in out
+    assert "oracle_demonstrations" in out and "picklable" in out and "FAIL" not in out
+
+
+def test_check_passes_env_args_to_the_env(capsys):
+    assert main(["check", "toolgym/Arithmetic-v0", "--env-arg", "difficulty=1"]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+    # an argument the env does not take fails the check run (reported, exit 1), not the CLI
+    assert main(["check", "toolgym/Arithmetic-v0", "--env-arg", "difficulty_level=1"]) == 1
+    assert "difficulty_level" in capsys.readouterr().out
 
 
 @tool(timeout=None)

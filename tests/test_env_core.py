@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 import toolgym
 from toolgym.envs import ListTasks, Task, ToolEnv, ToolEnvBatch, tool
 from toolgym.errors import ConfigError, EnvError
-from toolgym.verifiers import Rubric
+from toolgym.verifiers import Rubric, exact_match
 
 
 # ---- a brand-new environment, written the way the README shows ------------------------------
@@ -272,3 +272,37 @@ def test_sync_step_with_async_tool_inside_a_running_loop():
     assert obs[-1]["content"] == "pong"
     obs, *_ = env.step(call("ping"))  # and from plain sync code, on the env's own loop
     assert obs[-1]["content"] == "pong"
+
+
+class CountingEnv(ToolEnv):
+    """Counts the per-episode resources it hands out and gets back."""
+
+    def __init__(self, **kwargs):
+        self.held = 0
+        self.released = 0
+        super().__init__(**kwargs)
+
+    def load_tasks(self, split):
+        return ListTasks([Task(id="0", prompt="Say 7.", answer="7")])
+
+    def make_rubric(self):
+        return Rubric([exact_match])
+
+    def setup_episode(self, state):
+        self.held += 1
+        state.resources["lease"] = object()
+
+    def teardown_episode(self, state):
+        self.released += 1
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_resources_go_back_when_the_episode_ends_and_only_once(use_async):
+    env = CountingEnv(max_turns=2)
+    env.reset(seed=0)
+    _, reward, term, _, _ = asyncio.run(env.astep("Answer: 7")) if use_async else env.step("Answer: 7")
+    assert term and reward == 1.0 and (env.held, env.released) == (1, 1) and env.state.resources == {}
+    env.reset(seed=0)  # the ended episode is not torn down twice
+    assert (env.held, env.released) == (2, 1)
+    env.close()  # an abandoned episode is torn down at close
+    assert env.released == 2

@@ -26,11 +26,11 @@ from toolgym.envs.search.errors import (
 )
 from toolgym.envs.search.index import Manifest, SearchIndex, build_index, open_index
 from toolgym.envs.search.server import SearchServer, serve
-from toolgym.envs.search.tools import open_document, search
+from toolgym.envs.search.tools import open_document, search, used_search
 
 __all__ = [
     "ENGINES", "Document", "Hit", "IndexCorruptError", "IndexInfo", "IndexNotFoundError", "Manifest", "QueryError",
     "Ranker", "ReplayMissError", "ResultCache", "SearchBackend", "SearchConfig", "SearchError", "SearchIndex",
     "SearchServer", "SearchSession", "SearchUnavailableError", "build_index", "close_backends", "make_backend",
-    "new_session", "open_document", "open_index", "register_engine", "search", "serve",
+    "new_session", "open_document", "open_index", "register_engine", "search", "serve", "used_search",
 ]

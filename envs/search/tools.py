@@ -8,6 +8,8 @@ a server that is down) reach the model as an error message; the episode goes on.
 
 from __future__ import annotations
 
+from typing import Any
+
 from toolgym.envs.search.base import Hit
 from toolgym.envs.search.client import SearchSession
 from toolgym.envs.search.text import window
@@ -53,3 +55,14 @@ async def open_document(doc_id: str, search_client: SearchSession, offset: int =
     resume = end + len(rest) - len(rest.lstrip())  # the next word, so the next window starts exactly there
     tail = f"\n[continues: call open with offset={resume}]" if rest.strip() else ""
     return head + passage + tail
+
+
+def used_search(tool_calls: list[Any]) -> float:
+    """Metric (weight 0 in a rubric): 1.0 if the episode called the search tool.
+
+    Example:
+        >>> from toolgym.envs.parsing import ToolCall
+        >>> used_search([ToolCall(name="search", arguments={"query": "x"})]), used_search([])
+        (1.0, 0.0)
+    """
+    return float(any(getattr(c, "name", None) == "search" for c in tool_calls))

@@ -20,7 +20,7 @@ from toolgym.envs.base import EpisodeState, ToolEnv
 from toolgym.envs.task import ListTasks, Task
 from toolgym.sandboxes.config import SandboxConfig
 from toolgym.sandboxes.pool import ExecutorPool
-from toolgym.sandboxes.tools import SANDBOX_TOOLS, SandboxResources
+from toolgym.sandboxes.tools import SANDBOX_TOOLS, SandboxResources, used_python
 from toolgym.verifiers.rubric import Rubric
 
 
@@ -188,11 +188,6 @@ def hidden_tests(completion: str, task: Task, state: EpisodeState) -> float:
     if code is None or sandbox is None:
         return 0.0
     return run_hidden_tests(sandbox, code, task.metadata["tests"])
-
-
-def used_python(tool_calls: list[Any]) -> float:
-    """Metric: 1.0 if the episode ran code with the python tool."""
-    return float(any(getattr(c, "name", None) == "python" for c in tool_calls))
 
 
 class PythonCodeEnv(SandboxResources, ToolEnv):

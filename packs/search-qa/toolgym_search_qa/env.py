@@ -20,7 +20,7 @@ from typing import Any
 
 from toolgym.envs.base import EpisodeState, ToolEnv
 from toolgym.envs.search.client import SearchConfig, SearchSession, make_backend
-from toolgym.envs.search.tools import open_document, search
+from toolgym.envs.search.tools import open_document, search, used_search
 from toolgym.envs.search.world import cached_world, questions
 from toolgym.envs.search.world_index import world_index
 from toolgym.envs.task import ListTasks, Task
@@ -37,11 +37,6 @@ def _config(options: dict[str, Any]) -> SearchConfig:
     if unknown:
         raise ConfigError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return SearchConfig(**options)
-
-
-def used_search(tool_calls: list[Any]) -> float:
-    """Metric: 1.0 if the episode called the search tool."""
-    return float(any(getattr(c, "name", None) == "search" for c in tool_calls))
 
 
 def _load_questions(path: str, split: str) -> ListTasks:
