@@ -6,7 +6,11 @@ Measures, in one run:
     gap between calls (``--gap-ms``, as between a model's tool calls; the executor uses it to
     prepare the next child) and back to back;
   * the same for a cell of the stateful Python session (``repl``);
-  * throughput: many sessions in parallel over the pool (isolated runs/s and REPL cells/s);
+  * throughput: many sessions in parallel over the pool (isolated runs/s and REPL cells/s), and
+    the CPU each isolated run costs (the containers' cgroup CPU time plus this process's, Docker
+    backend): it depends much less than runs/s on what else the machine is running (contention
+    still raises it), and ``cpus * 1000 / exec_cpu_ms`` is the rate the cores allow when nothing
+    else runs;
   * the baseline: ``container.exec_run(["python3", "-c", "print(1)"])`` on the same containers.
 
 Usage: python bench/sandbox.py [--json] [--hosts 4] [--sessions-per-host 4] [--runs 400]
@@ -48,7 +52,41 @@ def latency(sandbox, runs: int, mode: str, gap_s: float = 0.0) -> list[float]:  
     return times
 
 
-def throughput(sandboxes: list, seconds: float, mode: str = "python") -> float:
+def _cgroup_cpu_ns(container_id: str) -> int | None:
+    """CPU time a container has used (cgroup v1 or v2, either cgroup driver); None if unreadable."""
+    v1 = f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage"
+    try:
+        with open(v1) as fh:
+            return int(fh.read())
+    except OSError:
+        pass
+    for v2 in (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat",
+               f"/sys/fs/cgroup/docker/{container_id}/cpu.stat"):
+        try:
+            with open(v2) as fh:
+                for line in fh:
+                    if line.startswith("usage_usec "):
+                        return int(line.split()[1]) * 1000
+        except OSError:
+            continue
+    return None
+
+
+def cpu_clock(pool) -> float | None:  # noqa: ANN001
+    """Seconds of CPU used so far by the pool's containers and this process (None if unknown)."""
+    if pool.backend != "docker":
+        return None
+    total = 0
+    for handle in pool.handles():
+        used = _cgroup_cpu_ns(handle.data["container_id"])
+        if used is None:
+            return None
+        total += used
+    mine = os.times()
+    return total / 1e9 + mine.user + mine.system
+
+
+def throughput(sandboxes: list, seconds: float, mode: str = "python") -> tuple[float, int]:
     counts = [0] * len(sandboxes)
     stop = time.perf_counter() + seconds
     errors: list[str] = []
@@ -70,7 +108,7 @@ def throughput(sandboxes: list, seconds: float, mode: str = "python") -> float:
     elapsed = time.perf_counter() - start
     if errors:
         raise SystemExit(f"bench run failed: {errors[0]}")
-    return sum(counts) / elapsed
+    return sum(counts) / elapsed, sum(counts)
 
 
 def baseline_exec_run(pool, runs: int) -> list[float]:  # noqa: ANN001
@@ -112,8 +150,10 @@ def main() -> None:
         lat = latency(sessions[0], args.runs, "python", args.gap_ms / 1000)
         b2b = latency(sessions[0], args.runs, "python")
         repl = latency(sessions[0], args.runs, "repl", args.gap_ms / 1000)
-        rate = throughput(sessions, args.seconds)
-        repl_rate = throughput(sessions, args.seconds, mode="repl")
+        cpu_before = cpu_clock(pool)
+        rate, done = throughput(sessions, args.seconds)
+        cpu_after = cpu_clock(pool)
+        repl_rate, _ = throughput(sessions, args.seconds, mode="repl")
         base = baseline_exec_run(pool, args.baseline_runs) if pool.backend == "docker" else []
         for sb in sessions:
             sb.close()
@@ -121,6 +161,8 @@ def main() -> None:
         pool.close()
 
     p50 = statistics.median(lat) * 1000
+    measured = cpu_before is not None and cpu_after is not None and done > 0
+    cpu_ms = (cpu_after - cpu_before) * 1000 / done if measured else None
     base_p50 = statistics.median(base) * 1000 if base else None
     report = {
         "backend": pool.backend, "cpus": os.cpu_count(), "hosts": args.hosts,
@@ -131,6 +173,8 @@ def main() -> None:
         "repl_p50_ms": round(statistics.median(repl) * 1000, 3),
         "repl_p99_ms": round(percentile(repl, 0.99) * 1000, 3),
         "exec_per_s": round(rate, 1), "repl_exec_per_s": round(repl_rate, 1),
+        "exec_cpu_ms": round(cpu_ms, 3) if cpu_ms else None,
+        "exec_per_s_cpu_bound": round(os.cpu_count() * 1000 / cpu_ms, 1) if cpu_ms else None,
         "baseline_exec_run_p50_ms": round(base_p50, 3) if base_p50 else None,
         "speedup_vs_exec_run": round(base_p50 / p50, 1) if base_p50 else None,
         "repl_speedup_vs_exec_run": round(base_p50 / (statistics.median(repl) * 1000), 1) if base_p50 else None,

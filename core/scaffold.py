@@ -37,6 +37,10 @@ packages = ["__PKG__"]
 
 [tool.setuptools.package-data]
 "__PKG__" = ["toolgym_pack.json"]
+
+# What the envs need at run time beyond Python packages; recorded in the pack's manifest.
+[tool.toolgym]
+requires = {}  # e.g. { sandbox_image = "toolgym-sandbox:bookworm", memory = "512m" }
 '''
 
 _ENVS = '''\

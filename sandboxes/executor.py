@@ -5,12 +5,13 @@ The host connects to a unix socket and sends length-prefixed JSON frames (4-byte
 then UTF-8 JSON). A connection is a *session*: it owns a slot (a work directory and two unprivileged
 uids: one for stateless runs, one for the stateful Python REPL) until it resets or disconnects.
 
-Every stateless run gets a fresh child forked from a pre-imported, otherwise idle copy of this
-process (the zygote, see :class:`Zygote`), prepared ahead of demand: it has already started its
-own session/process group, raised its OOM score, dropped to the slot's uid and entered the work
-directory, and waits for its request. It then sets rlimits (CPU, AS, NPROC, FSIZE, NOFILE), runs
-the code, kills every other process of its uid (``kill(-1)`` as that uid reaches ``setsid``
-escapes too) and reports. The executor enforces the wall-clock timeout and the output cap; on a
+Every stateless run gets a fresh child forked from a small, primed, otherwise idle interpreter
+running this module (the zygote, see :class:`Zygote`), prepared ahead of demand: it has already
+started its own session/process group, raised its OOM score, dropped to the slot's uid and entered
+the work directory, and waits for its request. It then kills every other process of its uid
+(whatever earlier runs left), sets rlimits (CPU, AS, NPROC, FSIZE, NOFILE), runs the code, kills
+every other process of its uid again (``kill(-1)`` as that uid reaches ``setsid`` escapes too)
+and reports. The executor enforces the wall-clock timeout and the output cap; on a
 kill it SIGKILLs the child's process group and sweeps the uid itself. The stateful Python session
 is one long-lived child per session (uid of its own) that executes successive cells.
 
@@ -22,28 +23,30 @@ Run: ``python3 -I -S executor.py --socket PATH [--uid-base N] [--no-drop] [--wor
 
 from __future__ import annotations
 
-import argparse
+import _signal
+import _socket
 import base64
 import builtins
 import fcntl
 import gc
-import heapq
-import json
+import marshal
 import os
 import resource
-import selectors
-import shutil
 import signal
-import socket
-import stat
 import struct
 import sys
 import time
 import traceback
 
+# Only the executor needs argparse, heapq, json, selectors, shutil, socket and stat: they are
+# imported at the bottom, when this file runs as the executor. The zygote imports it as a module
+# without them, because every fork and exit pays for the zygote's size (see Zygote).
+
 PROTOCOL_VERSION = 1
 MAX_FRAME = 256 * 1024 * 1024
 _LEN = struct.Struct(">I")
+# Standard streams for run children, built once by the zygote over fds 0-2 (see _prime_zygote).
+_CHILD_STDIO: tuple = ()
 
 
 # ----------------------------------------------------------------------------------------- framing
@@ -92,16 +95,23 @@ def _enter_child(spec: dict, fds: tuple, keep: tuple) -> tuple:
     os.dup2(stdin_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    high = max((*keep, stdin_fd, out_w, err_w, 2)) + 1
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, high) for fd in keep]
-    kept = tuple(3 + i for i in range(len(keep)))
-    for src, dst in zip(moved, kept, strict=True):
-        os.dup2(src, dst)
-    os.closerange(3 + len(keep), 1 << 20)
-    # Undo what the executor or the zygote set up for themselves.
-    signal.set_wakeup_fd(-1)
+    # Copy each kept fd above 3..3+len(keep) first (so placing one cannot close another), then into
+    # place; the copies go with the rest. Plain loops: each comprehension is one more object the
+    # child touches, and touching costs a page copy here.
+    first_free = 3 + len(keep)
+    moved = []
+    for fd in keep:
+        moved.append(fcntl.fcntl(fd, fcntl.F_DUPFD, first_free))
+    kept = []
+    for fd in moved:
+        os.dup2(fd, 3 + len(kept))
+        kept.append(3 + len(kept))
+    os.closerange(first_free, 1 << 20)
+    # Undo what the executor or the zygote set up for themselves. (_signal: the signal module's
+    # wrappers convert to and from enums, which costs more than the system calls.)
     for sig in (signal.SIGTERM, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
     gc.enable()
     try:
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
@@ -116,24 +126,36 @@ def _enter_child(spec: dict, fds: tuple, keep: tuple) -> tuple:
     os.umask(0o007)
     os.chdir(spec["cwd"])
     os.environ["HOME"] = spec["cwd"]
-    return kept
+    return tuple(kept)
 
 
-def _read_frame(fd: int) -> dict:
-    """Blocking read of one frame from a pipe (the request a prepared child waits for)."""
-    buf = bytearray()
-    while True:
-        frames = pop_frames(buf)
-        if frames:
-            return frames[0]
+def _request_frame(obj: dict) -> bytes:
+    """A request for a prepared child. The executor writes it before any user code runs in that
+    child, so it is trusted and can use marshal (C-fast, no parsing code for the child to warm)."""
+    data = marshal.dumps(obj)
+    return _LEN.pack(len(data)) + data
+
+
+def _read_request(fd: int) -> dict:
+    """Blocking read of the request a prepared child waits for (see :func:`_request_frame`)."""
+    buf = b""
+    while len(buf) < 4 or len(buf) < 4 + _LEN.unpack_from(buf)[0]:
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             os._exit(0)  # the executor went away before handing over work
         buf += chunk
+    return marshal.loads(buf[4:])
 
 
 def _frame(obj: dict) -> bytes:
     data = json.dumps(obj).encode()
+    return _LEN.pack(len(data)) + data
+
+
+def _status_frame(code: int, kind: str | None) -> bytes:
+    """A child's final report, as :func:`_frame` would encode it; formatted directly because json's
+    encoder is a lot of code for a child to touch (and copy) just before it exits."""
+    data = b'{"exit": %d, "kind": %s}' % (code, b"null" if kind is None else b'"%s"' % kind.encode())
     return _LEN.pack(len(data)) + data
 
 
@@ -145,10 +167,15 @@ def _write_files(files: dict) -> None:
             fh.write(base64.b64decode(b64))
 
 
+def _open_stdio() -> tuple:
+    return (open(0, encoding="utf-8", errors="replace", closefd=False),
+            open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False),
+            open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
+
+
 def _fresh_stdio() -> None:
-    sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+    """Point sys.std* at fds 0-2: the zygote's prebuilt, never-used streams when there are any."""
+    sys.stdin, sys.stdout, sys.stderr = _CHILD_STDIO or _open_stdio()
 
 
 def _run_cell(code: str, glb: dict, filename: str) -> tuple:
@@ -177,14 +204,22 @@ def _run_cell(code: str, glb: dict, filename: str) -> tuple:
                 pass
 
 
-def _sweep_self(spec: dict) -> None:
-    """Kill every other process of this uid (kill(-1) skips the caller), then reap our own children
-    so no zombies of this run stay behind holding the uid's process count."""
-    if spec.get("drop"):
+def _kill_uid_others(spec: dict) -> None:
+    """Kill every other process of this uid (kill(-1) reaches all of them, but not the caller).
+
+    Only once the uid is really dropped: as root, kill(-1) would take the whole container down.
+    """
+    if spec.get("drop") and os.getuid() == spec["uid"]:
         try:
             os.kill(-1, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _sweep_self(spec: dict) -> None:
+    """Kill every other process of this uid, then reap our own children so no zombies of this run
+    stay behind holding the uid's process count."""
+    _kill_uid_others(spec)
     deadline = time.monotonic() + 0.2
     while time.monotonic() < deadline:
         try:
@@ -195,15 +230,65 @@ def _sweep_self(spec: dict) -> None:
             time.sleep(0.001)
 
 
-def _warm_up() -> None:
-    """Touch, while idle, the memory a request will touch: after fork every first write to a page
-    copies it, and doing that here keeps those copies off the request's critical path."""
-    _fresh_stdio()
-    exec(compile("print('', end='')\nx = [i for i in range(3)]", "<warm>", "exec"), {"__builtins__": builtins})
-    pop_frames(bytearray(_frame({"mode": "python", "code": "", "files": None, "limits": {}})))
-    sys.stdout.flush()
-    sys.path.insert(0, os.getcwd())
-    sys.argv = ["-c"]
+_PRIME_CELLS = (
+    "import math\n"
+    "def f(n):\n    return [i * i for i in range(n)]\n"
+    "d = {'a': 1, 'b': [1.5, None, True]}\n"
+    "print(f'{sum(f(10))} {math.sqrt(2):.3f}', d, *sorted(d), sep=', ', end='')\n"
+    "try:\n    1 / 0\nexcept ZeroDivisionError as exc:\n    str(exc)\n",
+    "import sys\nsys.stderr.write('x')\nraise ValueError('primed')\n",
+)
+
+
+def _prime_zygote() -> None:
+    """Do, once in the zygote, the first-time work of a run child: build its standard streams and
+    warm the compiler, codecs, marshal and traceback printing (lazily built state, caches,
+    allocator pools). Otherwise every child redoes that work, and after fork it also copies every
+    page it writes: a cold child spends about three times the CPU of a primed one.
+
+    The streams are built over pipes on fds 0-2 (so they know they are not seekable, like the
+    pipes a child gets) and are flushed empty before the real fds are put back.
+    """
+    global _CHILD_STDIO
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    real = (sys.stdin, sys.stdout, sys.stderr)
+    r, w = os.pipe()
+    os.set_blocking(w, False)  # primed output is small; never block the zygote on it
+    try:
+        for fd, src in ((0, r), (1, w), (2, w)):
+            os.dup2(src, fd)
+        _CHILD_STDIO = _open_stdio()
+        # Several times: CPython specializes a function's bytecode on its eighth call or so, and
+        # until then each call writes to the code object (a page copy in every child).
+        for _ in range(10):
+            _fresh_stdio()
+            req_r, req_w = os.pipe()
+            os.write(req_w, _request_frame({"mode": "python", "code": "", "files": None, "limits": {}}))
+            _read_request(req_r)
+            os.close(req_r)
+            os.close(req_w)
+            _write_files(None)
+            for cell in _PRIME_CELLS:
+                _run_cell(cell, {"__name__": "__main__", "__builtins__": builtins}, "<sandbox>")
+            _status_frame(1, "oom")
+            os.environ["HOME"] = os.environ.get("HOME", "/")
+            _sweep_self({})  # the zygote has no children yet: returns at once
+            os.read(r, 1 << 16)  # what the cells printed
+        sys.argv = ["-c"]  # what every run child shows its code
+    except Exception:
+        _CHILD_STDIO = ()  # children build their own streams
+    finally:
+        for stream in _CHILD_STDIO:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                _CHILD_STDIO = ()
+        sys.stdin, sys.stdout, sys.stderr = real
+        for fd, src in enumerate(saved):
+            os.dup2(src, fd)
+            os.close(src)
+        os.close(r)
+        os.close(w)
 
 
 def child_run(spec: dict, fds: tuple, status_w: int, cmd_r: int = -1) -> None:
@@ -216,11 +301,21 @@ def child_run(spec: dict, fds: tuple, status_w: int, cmd_r: int = -1) -> None:
     try:
         if cmd_r >= 0:
             status_w, cmd_r = _enter_child(spec, fds, (status_w, cmd_r))
-            _warm_up()
-            spec.update(_read_frame(cmd_r))
-            os.close(cmd_r)
         else:
             (status_w,) = _enter_child(spec, fds, (status_w,))
+        _fresh_stdio()  # cheap for a shell run too; a prepared child does it off the request's path
+        sys.argv = ["-c"]
+        sys.path.insert(0, spec["cwd"])
+        if cmd_r >= 0:
+            # Copy the compiler's first pages while idle: about a tenth off the request's latency,
+            # for a few percent more CPU per run (a full print() here would cost three times that).
+            compile("print(end='')", "<sandbox>", "exec")
+            spec.update(_read_request(cmd_r))
+            os.close(cmd_r)
+        # Processes an earlier run of this uid left behind die before this run's code starts, even
+        # if that run's own final sweep never ran (its code can forge its status report). Only now:
+        # while a prepared child waits, a file operation of its session may run as the same uid.
+        _kill_uid_others(spec)
         _set_limits(spec.get("limits") or {})
         _write_files(spec.get("files"))
         if spec["mode"] == "shell":
@@ -233,9 +328,6 @@ def child_run(spec: dict, fds: tuple, status_w: int, cmd_r: int = -1) -> None:
             code = os.waitstatus_to_exitcode(st)
             kind = None
         else:
-            _fresh_stdio()
-            sys.argv = ["-c"]
-            sys.path.insert(0, os.getcwd())
             glb = {"__name__": "__main__", "__builtins__": builtins}
             code, kind = _run_cell(spec["code"], glb, "<sandbox>")
     except BaseException:
@@ -246,7 +338,7 @@ def child_run(spec: dict, fds: tuple, status_w: int, cmd_r: int = -1) -> None:
             pass
     _sweep_self(spec)
     try:
-        os.write(status_w, _frame({"exit": code, "kind": kind}))
+        os.write(status_w, _status_frame(code, kind))
     except OSError:
         pass
     os._exit(code & 0xFF if code >= 0 else 1)
@@ -345,35 +437,50 @@ def uid_processes(uid: int) -> list:
 
 
 def _read_oom_kills() -> int:
+    """The container's OOM-kill count (-1 if unknown). Read for every job, so raw syscalls."""
     for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
         try:
-            with open(path) as fh:
-                for line in fh:
-                    if line.startswith("oom_kill "):
-                        return int(line.split()[1])
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        finally:
+            os.close(fd)
+        at = data.find(b"oom_kill ")
+        if at >= 0:
+            return int(data[at + 9:].split(None, 1)[0])
     return -1
 
 
 class Zygote:
-    """A quiet copy of the executor that does nothing but fork prepared run children.
+    """A quiet interpreter that does nothing but fork prepared run children.
 
-    After a fork, every page the parent or the child writes is copied. The executor's event loop
-    writes all over its heap, so forking from it costs both processes hundreds of page copies per
-    run; this process is forked once at start-up (before any socket exists), freezes its objects
-    for the garbage collector and then only waits, so its children share a still heap. Requests
-    arrive as SEQPACKET messages carrying the child's pipes (SCM_RIGHTS); the zygote answers
-    ``F <id> <pid>`` and reports each child's exit as ``X <pid> <wait status>``.
+    After a fork, every page the parent or the child writes is copied, and fork and exit cost per
+    mapped page. The executor's event loop writes all over its heap, so forking from it costs both
+    processes hundreds of page copies per run. The zygote is started once, before any socket
+    exists, as a fresh interpreter that loads this module's bytecode without the executor's own
+    imports (about half the executor's memory); it does once the first-time work of a run child (:func:`_prime_zygote`), freezes
+    its objects for the garbage collector and then only waits, so its children share a still,
+    warm heap. Requests arrive as SEQPACKET messages carrying the child's pipes (SCM_RIGHTS); the
+    zygote answers ``F <id> <pid>`` and reports each child's exit as ``X <pid> <wait status>``.
     """
 
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        here = os.path.dirname(os.path.abspath(__file__))
+        _cache_bytecode()
         pid = os.fork()
         if pid == 0:
             mine.close()
             try:
-                _zygote_loop(theirs)
+                os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _ZYGOTE_BOOT, here,
+                                          str(theirs.fileno())])
+            except OSError:
+                _zygote_loop(theirs)  # no interpreter to start: be the zygote as this copy
             finally:
                 os._exit(0)
         theirs.close()
@@ -387,7 +494,7 @@ class Zygote:
         this method); the executor's loop drains the queue.
         """
         self.next_id += 1
-        socket.send_fds(self.sock, [json.dumps({"id": self.next_id, "spec": spec}).encode()], fds)
+        socket.send_fds(self.sock, [marshal.dumps({"id": self.next_id, "spec": spec})], fds)
         while True:
             data = self.sock.recv(65536)
             if not data:
@@ -412,28 +519,52 @@ class Zygote:
         return found
 
 
-def _zygote_loop(sock: socket.socket) -> None:
-    import select
+_ZYGOTE_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); import executor; executor.zygote_main(int(sys.argv[2]))"
 
+
+def _cache_bytecode() -> None:
+    """Write this file's bytecode beside it, so the zygote loads it instead of compiling it (the
+    compiler leaves megabytes of heap behind). Without it the zygote compiles; nothing breaks."""
+    pid = os.fork()  # in a child: the compiler's leftovers would stay in the executor's heap too
+    if pid == 0:
+        try:
+            import py_compile
+
+            cached = py_compile.compile(__file__, doraise=True)
+            # Owned like the directory, so whoever made it (the host, for a container) can remove it.
+            owner = os.stat(os.path.dirname(os.path.abspath(__file__))).st_uid
+            for path in (os.path.dirname(cached), cached):
+                os.chown(path, owner, -1)
+        finally:
+            os._exit(0)  # a read-only directory, say: the zygote compiles instead
+    os.waitpid(pid, 0)
+
+
+def zygote_main(fd: int) -> None:
+    """Entry point of the zygote's own interpreter (see :class:`Zygote`)."""
+    try:
+        _zygote_loop(_socket.socket(fileno=fd))
+    finally:
+        os._exit(0)
+
+
+_FDS = struct.Struct("=5i")  # the five descriptors of a run child (see Executor.prepare)
+_FDS_SPACE = _socket.CMSG_SPACE(_FDS.size)
+_SIGCHLD = (signal.SIGCHLD,)
+
+
+def _zygote_loop(sock: socket.socket) -> None:
+    """Fork a run child per request; report exits. Kept to a few lines of straight code: every page
+    the zygote writes while its children live is copied, so its per-fork work is its overhead."""
+    _prime_zygote()
+    gc.collect()
     gc.freeze()  # objects inherited from the executor are never scanned (or written) by the GC again
     gc.disable()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    while True:
-        try:
-            ready = select.select([sock, wake_r], [], [])[0]
-        except InterruptedError:
-            continue
+    sock.setblocking(True)
+
+    def reap(*_) -> None:  # SIGCHLD; its report is a datagram of its own, so it never splits another
         out = []
-        if wake_r in ready:
-            try:
-                os.read(wake_r, 4096)
-            except BlockingIOError:
-                pass
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -441,23 +572,30 @@ def _zygote_loop(sock: socket.socket) -> None:
                 break
             if pid == 0:
                 break
-            out.append(f"X {pid} {status}")
-        if sock in ready:
-            msg, fds, _, _ = socket.recv_fds(sock, 65536, 8)
-            if not msg:
-                os._exit(0)
-            req = json.loads(msg)
-            try:
-                pid = os.fork()
-            except OSError:
-                pid = -1
-            if pid == 0:
-                child_run(req["spec"], (fds[0], fds[1], fds[2]), fds[3], fds[4])
-            for fd in fds:
-                os.close(fd)
-            out.append(f"F {req['id']} {pid}")
+            out.append(b"X %d %d" % (pid, status))
         if out:
-            sock.send("\n".join(out).encode())
+            sock.send(b"\n".join(out))
+
+    signal.signal(signal.SIGCHLD, reap)
+    while True:
+        msg, anc, _, _ = sock.recvmsg(65536, _FDS_SPACE)
+        if not msg:
+            os._exit(0)
+        fds = _FDS.unpack(anc[0][2][:_FDS.size])
+        req = marshal.loads(msg)  # from the executor, which trusts it
+        # A child that dies at once must not be reported before its fork reply (the executor would
+        # take the report for an earlier process with the same pid): hold SIGCHLD until it is sent.
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, _SIGCHLD)
+        try:
+            pid = os.fork()
+        except OSError:
+            pid = -1
+        if pid == 0:
+            child_run(req["spec"], fds[:3], fds[3], fds[4])
+        for fd in fds:
+            os.close(fd)
+        sock.send(b"F %d %d" % (req["id"], pid))
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _SIGCHLD)
 
 
 class Job:
@@ -701,8 +839,9 @@ class Executor:
         try:
             if stdin:
                 os.write(warm["stdin_w"], stdin)
-            os.write(warm["cmd_w"], _frame({"mode": req.get("mode", "python"), "code": req.get("code", ""),
-                                            "files": req.get("files"), "limits": req.get("limits") or {}}))
+            os.write(warm["cmd_w"], _request_frame({"mode": req.get("mode", "python"), "code": req.get("code", ""),
+                                                    "files": req.get("files"),
+                                                    "limits": req.get("limits") or {}}))
         except OSError:
             pass  # the child died while waiting; its exit is reported like any other
         os.close(warm["stdin_w"])
@@ -1157,4 +1296,12 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+    import heapq
+    import json
+    import selectors
+    import shutil
+    import socket
+    import stat
+
     main()

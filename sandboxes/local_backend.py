@@ -106,8 +106,9 @@ class LocalHosts:
                    *self._unshare(), "--die-with-parent", "--new-session", *cmd]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
         try:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=open(log_file, "wb"), start_new_session=True)
+            with open(log_file, "wb") as log:  # the child keeps its own copy of the descriptor
+                proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=log, start_new_session=True)
         except OSError as exc:
             raise SandboxError(f"could not start local executor: {exc}") from exc
         return HostHandle(host_id=f"local-{os.getpid()}-{index}", socket_path=str(sock),

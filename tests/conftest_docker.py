@@ -6,30 +6,14 @@ that says how to get one. Outside CI they skip when no engine answers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from toolgym.sandboxes import ExecutorPool, SandboxConfig, docker_available, open_sandbox_pool
+from toolgym.sandboxes import ExecutorPool, open_sandbox_pool
+from toolgym.sandboxes.testing import require_docker, small_config
 
-
-def require_docker() -> None:
-    """Fail (CI) or skip (elsewhere) when no Docker engine answers."""
-    if docker_available():
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail("CI=true but no Docker engine answers: run `bash .ci/docker-up.sh` (as root) first")
-    pytest.skip("no Docker engine answers (with CI=true this is a failure)")
-
-
-def small_config(backend: str, **overrides: object) -> SandboxConfig:
-    """Limits small enough for fast tests on a busy 2-core machine."""
-    base = dict(backend=backend, pool_size=2, max_hosts=8, sessions_per_host=1, memory_mb=256,
-                run_memory_mb=192, timeout_s=5.0, grace_s=5.0, output_limit_bytes=64 * 1024, workdir_mb=32,
-                file_size_mb=8, orphan_grace_s=10.0)
-    base.update(overrides)
-    return SandboxConfig(**base)  # type: ignore[arg-type]
+__all__ = ["any_pool", "docker_pool", "local_pool", "open_pool", "require_docker", "small_config"]
 
 
 def open_pool(backend: str, **overrides: object) -> ExecutorPool:

@@ -226,3 +226,38 @@ def test_frozen_executor_is_declared_lost_and_replaced():
     finally:
         pool.close()
     assert docker.from_env().containers.list(all=True, filters={"label": pool_label}) == []
+
+
+FAKE_STATUS_THEN_LINGER = (
+    "import os, struct, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        while True:\n"
+    "            open('alive', 'a').close()\n"
+    "            time.sleep(0.02)\n"
+    "    os._exit(0)\n"
+    "os.wait()\n"
+    "msg = b'{\"exit\": 0, \"kind\": null}'\n"
+    "os.write(3, struct.pack('>I', len(msg)) + msg)  # the run's status channel\n"
+    "time.sleep(1000)\n"
+)
+NOTHING_OF_EARLIER_RUNS_WRITES = (
+    "import os, time\n"
+    "if os.path.exists('alive'):\n"
+    "    os.remove('alive')\n"
+    "time.sleep(0.5)\n"
+    "print(os.path.exists('alive'))"
+)
+
+
+def test_a_faked_status_report_carries_no_process_into_the_next_run(any_pool):  # noqa: F811
+    """Code can forge its run's "finished" report: the run is answered at once and its own final
+    sweep never runs. A process it left behind must still be gone before the next run's code starts."""
+    case = Case("fake_status", FAKE_STATUS_THEN_LINGER, frozenset({S.OK, S.TIMEOUT}), needs_root_locally=True)
+    _skip_if_not_isolated(case, any_pool)
+    with any_pool.acquire() as sb:
+        res = sb.run(case.code, timeout=3.0)
+        assert res.status in case.statuses, res
+        after = sb.run(NOTHING_OF_EARLIER_RUNS_WRITES, timeout=10)
+        assert after.status is RunStatus.OK and after.stdout == "False\n", after

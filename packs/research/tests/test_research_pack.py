@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
@@ -18,24 +17,15 @@ from toolgym.envs.conformance import probe_turns, replay, run_checks
 from toolgym.envs.search.client import close_backends
 from toolgym.envs.search.world import cached_world
 from toolgym.errors import ConfigError
-from toolgym.sandboxes import ExecutorPool, SandboxConfig, docker_available, open_sandbox_pool
+from toolgym.sandboxes import ExecutorPool, SandboxConfig, open_sandbox_pool
+from toolgym.sandboxes import testing as sandbox_testing
 
 SEED, SIZE = 3, 120
 ENV_ID = "toolgym/ResearchCode-v0"
 
 
 def small_config(backend: str) -> SandboxConfig:
-    return SandboxConfig(backend=backend, pool_size=1, max_hosts=6, memory_mb=256, run_memory_mb=192, timeout_s=5.0,
-                         workdir_mb=16, file_size_mb=4, output_limit_bytes=64 * 1024)
-
-
-def require_docker() -> None:
-    """Fail under CI=true, skip elsewhere, when no Docker engine answers."""
-    if docker_available():
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail("CI=true but no Docker engine answers: start one (see .ci/docker-up.sh)")
-    pytest.skip("no Docker engine answers (with CI=true this is a failure)")
+    return sandbox_testing.small_config(backend, pool_size=1, max_hosts=6, workdir_mb=16, file_size_mb=4)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +171,7 @@ def check_every_demonstration(env: ResearchCodeEnv) -> None:
 
 @pytest.mark.docker
 def test_demonstrations_score_max_with_docker(cache_dir):
-    require_docker()
+    sandbox_testing.require_docker()
     pool = open_sandbox_pool(small_config("docker"))
     try:
         assert pool.backend == "docker"

@@ -1,0 +1,50 @@
+"""Helpers for tests that use sandboxes (toolgym's own and environment packs').
+
+``require_docker()`` makes a Docker test fail under ``CI=true`` and skip elsewhere when no engine
+answers, so CI never passes by skipping; ``small_config()`` sizes a pool for fast tests on a
+small machine. Needs pytest (imported when called, so importing this module costs nothing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from toolgym.sandboxes.config import SandboxConfig
+from toolgym.sandboxes.factory import docker_available
+
+
+def in_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``CI`` is set to a true value (``1``, ``true``, ``yes``) in ``environ`` (default: ours).
+
+    Example:
+        >>> in_ci({"CI": "true"}), in_ci({"CI": "0"}), in_ci({})
+        (True, False, False)
+    """
+    return (os.environ if environ is None else environ).get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_docker() -> None:
+    """Return when a Docker engine answers; otherwise fail (under ``CI=true``) or skip the test."""
+    import pytest
+
+    if docker_available():
+        return
+    if in_ci():
+        pytest.fail("CI=true but no Docker engine answers: run `bash .ci/docker-up.sh` (as root) first")
+    pytest.skip("no Docker engine answers (with CI=true this is a failure)")
+
+
+def small_config(backend: str, **overrides: Any) -> SandboxConfig:
+    """Limits small enough for fast tests on a busy 2-core machine.
+
+    Example:
+        >>> small_config("local", timeout_s=2.0).timeout_s
+        2.0
+    """
+    base: dict[str, Any] = dict(backend=backend, pool_size=2, max_hosts=8, sessions_per_host=1, memory_mb=256,
+                                run_memory_mb=192, timeout_s=5.0, grace_s=5.0, output_limit_bytes=64 * 1024,
+                                workdir_mb=32, file_size_mb=8, orphan_grace_s=10.0)
+    base.update(overrides)
+    return SandboxConfig(**base)
