@@ -229,7 +229,10 @@ def step_metrics(groups: list[list[Trajectory]], update: dict[str, float], timin
     mean = sum(ok) / max(len(ok), 1)
     std = (sum((r - mean) ** 2 for r in ok) / max(len(ok), 1)) ** 0.5
     sampled = sum(sum(t.loss_mask) for t in flat)
+    # groups whose rewards differ: the only ones with a non-zero advantage (what a curriculum raises)
+    informative = sum(len({episode_reward(t) for t in g if t.error is None}) > 1 for g in groups)
     return {"reward_mean": mean, "reward_std": std, "pass_rate": sum(r >= 1.0 - 1e-9 for r in ok) / max(len(ok), 1),
+            "informative_groups": informative / max(len(groups), 1),
             "episodes": float(len(flat)), "errors": float(len(rewards) - len(ok)),
             "tool_calls": float(sum(t.cost.tool_calls for t in flat)) / max(len(flat), 1),
             # tool time per episode; it overlaps generation (the worker runs tools while others generate)
