@@ -59,3 +59,13 @@ def test_empty_step_is_skipped_not_crashed():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     assert build_batch([], TrainerConfig(), pad_id=0) is None
     assert policy_update(model, opt, None, TrainerConfig(), 1.0)["skipped"] == 1.0
+
+
+def test_step_metrics_count_the_groups_that_carry_a_gradient():
+    from toolgym.trainers.grpo import step_metrics
+
+    groups = [[traj("t1", 0, 1.0), traj("t1", 1, 0.0)],  # mixed: informative
+              [traj("t2", 0, 1.0), traj("t2", 1, 1.0)],  # all solved: zero advantage
+              [traj("t3", 0, 0.0), traj("t3", 1, 1.0, error=True)]]  # the failure does not count
+    m = step_metrics(groups, {}, {"generate_s": 1.0, "train_s": 1.0})
+    assert m["informative_groups"] == pytest.approx(1 / 3)
