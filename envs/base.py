@@ -72,6 +72,9 @@ class ToolEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
     system_prompt: str = ""
     default_max_turns: ClassVar[int] = 8
+    # True when scoring does slow work (runs code in a sandbox, calls a judge): ``astep`` then
+    # scores on a worker thread, so the other episodes of the event loop keep going meanwhile.
+    blocking_rubric: ClassVar[bool] = False
     version: ClassVar[str] = "0"
 
     def __init__(self, *, split: str = "train", max_turns: int | None = None, max_tokens: int | None = None,
@@ -161,7 +164,10 @@ class ToolEnv(gym.Env):
         """:meth:`step` for asyncio callers: tool calls of one turn run concurrently."""
         parsed, calls = self._begin_turn(action)
         results = await self._run_calls(calls)
-        out = self._end_turn(parsed, calls, results)
+        if self.blocking_rubric:
+            out = await asyncio.to_thread(self._end_turn, parsed, calls, results)
+        else:
+            out = self._end_turn(parsed, calls, results)
         if out.terminated or out.truncated:
             await asyncio.to_thread(self._end_episode)  # teardown may block: keep it off the event loop
         return self._observation(), out.reward, out.terminated, out.truncated, out.info

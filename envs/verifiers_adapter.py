@@ -149,6 +149,7 @@ class VerifiersEnv(ToolEnv):
     """
 
     default_max_turns = 4
+    blocking_rubric = True  # verifiers scores with async code run to completion on a private loop
 
     def __init__(self, *, taskset: Any, taskset_kwargs: dict[str, Any] | None = None, eval_taskset: Any = None,
                  num_tasks: int | None = None, reward_bounds: Sequence[float] | None = None,

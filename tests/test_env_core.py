@@ -306,3 +306,38 @@ def test_resources_go_back_when_the_episode_ends_and_only_once(use_async):
     assert (env.held, env.released) == (2, 1)
     env.close()  # an abandoned episode is torn down at close
     assert env.released == 2
+
+
+def slow_grade(completion) -> float:
+    time.sleep(0.3)  # stands in for running hidden tests in a sandbox
+    return float("7" in completion)
+
+
+class SlowGradeEnv(CountingEnv):
+    blocking_rubric = True
+
+    def make_rubric(self):
+        return Rubric([slow_grade])
+
+
+def test_a_blocking_rubric_scores_off_the_event_loop():
+    async def main():
+        env = SlowGradeEnv()
+        env.reset(seed=0)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        _, reward, term, _, _ = await env.astep("Answer: 7")
+        task.cancel()
+        return reward, term, ticks
+
+    reward, term, ticks = asyncio.run(main())
+    # 0.3 s of grading: the loop kept ticking meanwhile (a blocked loop would tick once at most)
+    assert reward == 1.0 and term and ticks >= 5

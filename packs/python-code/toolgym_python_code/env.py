@@ -195,6 +195,7 @@ class PythonCodeEnv(SandboxResources, ToolEnv):
 
     system_prompt = SYSTEM_PROMPT
     default_max_turns = 6
+    blocking_rubric = True  # grading runs the hidden tests in the sandbox
 
     def __init__(self, *, sandbox_config: SandboxConfig | None = None, sandbox_pool: ExecutorPool | None = None,
                  **kwargs: Any):
