@@ -598,6 +598,29 @@ def _zygote_loop(sock: socket.socket) -> None:
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _SIGCHLD)
 
 
+def fork_child(fork, fds: tuple, child_ends: tuple, child) -> int:
+    """Fork (``fork`` is ``os.fork`` or a zygote request) and run ``child()`` in the new process.
+
+    The child never returns to the executor's code (``os._exit`` whatever happens). On a failed
+    fork every descriptor in ``fds`` is closed before the error is raised; after a fork the parent
+    closes ``child_ends``, the descriptors only the child uses.
+    """
+    try:
+        pid = fork()
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    if pid == 0:
+        try:
+            child()
+        finally:
+            os._exit(71)
+    for fd in child_ends:
+        os.close(fd)
+    return pid
+
+
 class Job:
     """One child the loop is watching: a run, a file op, or a REPL cell."""
 
@@ -737,19 +760,9 @@ class Executor:
         err_r, err_w = os.pipe()
         status_r, status_w = os.pipe()
         stdin_fd = self._stdin_fd(req.get("stdin"))
-        try:
-            pid = os.fork()
-        except OSError:
-            for fd in (out_r, out_w, err_r, err_w, status_r, status_w, stdin_fd):
-                os.close(fd)
-            raise
-        if pid == 0:
-            try:
-                target(spec, (stdin_fd, out_w, err_w), status_w)
-            finally:
-                os._exit(71)
-        for fd in (out_w, err_w, status_w, stdin_fd):
-            os.close(fd)
+        pid = fork_child(os.fork, (out_r, out_w, err_r, err_w, status_r, status_w, stdin_fd),
+                         (out_w, err_w, status_w, stdin_fd),
+                         lambda: target(spec, (stdin_fd, out_w, err_w), status_w))
         return self._job(conn, kind, pid, out_r, err_r, status_r, req)
 
     def _job(self, conn, kind: str, pid: int, out_r: int, err_r: int, status_r: int, req: dict,
@@ -791,23 +804,13 @@ class Executor:
         stdin_r, stdin_w = os.pipe()
         cmd_r, cmd_w = os.pipe()
         spec = self._spec(sess, sess.uid_run, {})
-        try:
-            if self.zygote is not None:
-                pid = self.zygote.fork(spec, [stdin_r, out_w, err_w, status_w, cmd_r])
-                self.zwarm.add(pid)
-            else:
-                pid = os.fork()
-        except OSError:
-            for fd in (out_r, out_w, err_r, err_w, status_r, status_w, stdin_r, stdin_w, cmd_r, cmd_w):
-                os.close(fd)
-            raise
-        if pid == 0:
-            try:
-                child_run(spec, (stdin_r, out_w, err_w), status_w, cmd_r)
-            finally:
-                os._exit(71)
-        for fd in (out_w, err_w, status_w, stdin_r, cmd_r):
-            os.close(fd)
+        zygote = self.zygote
+        fork = (lambda: zygote.fork(spec, [stdin_r, out_w, err_w, status_w, cmd_r])) if zygote else os.fork
+        pid = fork_child(fork, (out_r, out_w, err_r, err_w, status_r, status_w, stdin_r, stdin_w, cmd_r, cmd_w),
+                         (out_w, err_w, status_w, stdin_r, cmd_r),
+                         lambda: child_run(spec, (stdin_r, out_w, err_w), status_w, cmd_r))
+        if zygote is not None:
+            self.zwarm.add(pid)
         sess.warm = {"pid": pid, "cmd_w": cmd_w, "stdin_w": stdin_w, "out_r": out_r, "err_r": err_r,
                      "status_r": status_r}
 
@@ -877,19 +880,9 @@ class Executor:
         ctl_r, ctl_w = os.pipe()
         stdin_fd = self._stdin_fd(None)
         spec = self._spec(sess, sess.uid_repl, req)
-        try:
-            pid = os.fork()
-        except OSError:
-            for fd in (out_r, out_w, err_r, err_w, cmd_r, cmd_w, ctl_r, ctl_w, stdin_fd):
-                os.close(fd)
-            raise
-        if pid == 0:
-            try:
-                child_repl(spec, (stdin_fd, out_w, err_w), cmd_r, ctl_w)
-            finally:
-                os._exit(71)
-        for fd in (out_w, err_w, cmd_r, ctl_w, stdin_fd):
-            os.close(fd)
+        pid = fork_child(os.fork, (out_r, out_w, err_r, err_w, cmd_r, cmd_w, ctl_r, ctl_w, stdin_fd),
+                         (out_w, err_w, cmd_r, ctl_w, stdin_fd),
+                         lambda: child_repl(spec, (stdin_fd, out_w, err_w), cmd_r, ctl_w))
         for fd in (out_r, err_r, ctl_r):
             os.set_blocking(fd, False)
         return {"pid": pid, "cmd_w": cmd_w, "out_r": out_r, "err_r": err_r, "ctl_r": ctl_r}
