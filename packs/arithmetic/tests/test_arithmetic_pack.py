@@ -31,3 +31,12 @@ def test_calculator_refuses_what_is_not_arithmetic() -> None:
     for bad in ["__import__('os').system('true')", "open('/etc/passwd')", "9**9**9", "1/0", "x" * 600, "[1, 2]"]:
         result = calculator.call_sync({"expression": bad}, {})
         assert not result.ok and result.content.startswith("Error"), bad
+
+
+@pytest.mark.parametrize("difficulty, kinds", [(1, {"+", "-", "*"}), (2, {"2 steps", "3 steps", "4 steps"})])
+def test_tasks_carry_a_kind_for_the_curriculum(difficulty: int, kinds: set[str]) -> None:
+    tasks = ArithmeticEnv(difficulty=difficulty).tasks
+    seen = {tasks[i].metadata["kind"] for i in range(200)}
+    assert seen == kinds
+    if difficulty == 1:  # the kind is the problem's operator
+        assert all(f" {tasks[i].metadata['kind']} " in tasks[i].prompt for i in range(50))

@@ -156,8 +156,11 @@ class ArithmeticTasks:
             raise IndexError(index)
         rng = random.Random(_SPLIT_SALT[self.split] * 1_000_003 + index)
         prompt, expr, answer = _easy_problem(rng, self.split) if self.difficulty == 1 else _problem(rng)
+        # "kind" groups tasks for a curriculum (trainer.curriculum.key=kind): the operator of an
+        # easy problem, the number of steps of a word problem.
+        kind = expr.split()[1] if self.difficulty == 1 else f"{prompt.count('Then ')} steps"
         return Task(id=f"arith-{self.split}-{index}", prompt=prompt, answer=answer, split=self.split,
-                    metadata={"expression": expr})
+                    metadata={"expression": expr, "kind": kind})
 
     def by_id(self, task_id: str) -> Task:
         return self[int(task_id.rsplit("-", 1)[1])]
