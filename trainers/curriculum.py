@@ -33,6 +33,8 @@ class CurriculumConfig:
         kind: Key of :data:`SAMPLERS` (``uniform`` or ``pass_rate``).
         prior: Pass rate assumed for a task not seen yet.
         ema: Weight of the newest group when updating a task's pass rate (1.0: keep only the last).
+            With a shared ``key`` every group of that key moves the shared rate, so use a smaller
+            value there (e.g. 0.1).
         floor: Weight every task keeps whatever its pass rate.
         success: Reward at or above which an episode counts as a pass.
         key: Task metadata field whose value groups tasks that share one pass rate (``""``: each
