@@ -9,6 +9,7 @@
     toolgym sweep-report DIR         compare the runs of a Hydra multirun directory
     toolgym init NAME                scaffold an environment pack
     toolgym pack build DIR           build a pack's wheel and sdist with its manifest
+    toolgym model import F.gguf DIR  convert a GGUF file into a checkpoint (``model path smollm2``)
 
 Subcommands that need heavy imports (torch, Hydra) load them only when used.
 """
@@ -30,7 +31,8 @@ console = Console()
 
 # Optional subcommands contributed by subpackages: (module, function adding the sub-parser).
 _PLUGINS = [("toolgym.rollouts.eval", "add_eval_parser"), ("toolgym.envs.search.cli", "add_subparsers"),
-            ("toolgym.trainers.report", "add_parser"), ("toolgym.packs", "add_parsers")]
+            ("toolgym.trainers.report", "add_parser"), ("toolgym.packs", "add_parsers"),
+            ("toolgym.rollouts.pretrained", "add_parser")]
 
 
 def cmd_envs(args: argparse.Namespace) -> int:

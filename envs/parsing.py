@@ -1,5 +1,14 @@
 """Tool-call parsing: Hermes/Qwen tags, OpenAI structured calls and Llama-3 JSON.
 
+The forms the supported families emit:
+
+* Hermes / Qwen2.5 / Qwen3: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one
+  block per call; a block may also hold a JSON *list* of calls, as SmolLM2 writes them (its
+  function-calling SFT data, APIGen, puts every call of a turn in one ``<tool_call>[...]``);
+* Llama 3.x: bare JSON ``{"name": ..., "parameters": {...}}`` (several separated by ``;`` or
+  newlines, or as one JSON list), optionally after ``<|python_tag|>``;
+* OpenAI-style structured ``tool_calls`` on a message dict.
+
 Parsers take whatever the model produced and never raise: a malformed call becomes a
 :class:`ToolCall` with ``error`` set, which the environment turns into an error tool message
 the model sees (and counts in ``info``).
@@ -42,15 +51,19 @@ class ParsedTurn:
         return [c for c in self.calls if c.error]
 
 
-def _load_call(payload: str, args_key: str, index: int) -> ToolCall:
-    call_id = f"call_{index}"
+def _load_calls(payload: str, first: int) -> list[ToolCall]:
+    """The calls in one ``<tool_call>`` payload: a JSON object, or a JSON list of them."""
+    call_id = f"call_{first}"
     if len(payload) > MAX_CALL_CHARS:
-        return ToolCall(name="", id=call_id, error=f"tool call too large ({len(payload)} characters; limit {MAX_CALL_CHARS})")
+        return [ToolCall(name="", id=call_id,
+                         error=f"tool call too large ({len(payload)} characters; limit {MAX_CALL_CHARS})")]
     try:
         obj = json.loads(payload)
     except (ValueError, RecursionError) as exc:
-        return ToolCall(name="", id=call_id, error=f"tool call is not valid JSON: {exc}")
-    return _from_object(obj, call_id, args_key)
+        return [ToolCall(name="", id=call_id, error=f"tool call is not valid JSON: {exc}")]
+    if isinstance(obj, list):  # several calls in one block; [] is APIGen's "no call needed"
+        return [_from_object(o, f"call_{first + k}") for k, o in enumerate(obj[: MAX_CALLS_PER_TURN + 1])]
+    return [_from_object(obj, call_id)]
 
 
 def _from_object(obj: Any, call_id: str, args_key: str = "arguments") -> ToolCall:
@@ -101,24 +114,38 @@ def _hermes_blocks(text: str) -> list[tuple[int, int, str | None]]:
     return blocks
 
 
+def _add_capped(calls: list[ToolCall], found: list[ToolCall]) -> bool:
+    """Append ``found`` up to :data:`MAX_CALLS_PER_TURN`; past it, one error call and ``False``."""
+    for call in found:
+        if len(calls) >= MAX_CALLS_PER_TURN:
+            calls.append(ToolCall(name="", id=f"call_{len(calls)}",
+                                  error=f"more than {MAX_CALLS_PER_TURN} tool calls in one turn"))
+            return False
+        calls.append(call)
+    return True
+
+
 def parse_hermes(text: str) -> ParsedTurn:
     """Parse ``<tool_call>{json}</tool_call>`` blocks (Hermes, Qwen 2.5/3); several = parallel calls.
+
+    A block holding a JSON list (SmolLM2's form) is several calls.
 
     Example:
         >>> t = parse_hermes('ok <tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>')
         >>> t.content, t.calls[0].name, t.calls[0].arguments
         ('ok', 'add', {'a': 1})
+        >>> [c.name for c in parse_hermes('<tool_call>[{"name": "a", "arguments": {}}, {"name": "b"}]</tool_call>').calls]
+        ['a', 'b']
     """
     blocks = _hermes_blocks(text)
     calls: list[ToolCall] = []
-    for i, (_, _, payload) in enumerate(blocks):
-        if i >= MAX_CALLS_PER_TURN:
-            calls.append(ToolCall(name="", id=f"call_{i}", error=f"more than {MAX_CALLS_PER_TURN} tool calls in one turn"))
-            break
+    for _, _, payload in blocks:
         if payload is None:
-            calls.append(ToolCall(name="", id=f"call_{i}", error="unclosed <tool_call> tag"))
-            continue
-        calls.append(_load_call(payload.strip(), "arguments", i))
+            found = [ToolCall(name="", id=f"call_{len(calls)}", error="unclosed <tool_call> tag")]
+        else:
+            found = _load_calls(payload.strip(), len(calls))
+        if not _add_capped(calls, found):
+            break
     kept, pos = [], 0
     for start, end, _ in blocks:
         kept.append(text[pos:start])
@@ -128,28 +155,36 @@ def parse_hermes(text: str) -> ParsedTurn:
 
 
 def parse_llama3(text: str) -> ParsedTurn:
-    """Parse Llama-3.x JSON tool calls: ``{"name": ..., "parameters": {...}}`` (``;``-separated).
+    """Parse Llama-3.x JSON tool calls: ``{"name": ..., "parameters": {...}}`` (``;``-separated or a list).
+
+    Text before ``<|python_tag|>`` is the turn's content. Untagged text is a call only when it
+    starts with a call-shaped object (or a list of them); otherwise it stays text. After the tag,
+    anything that is not JSON (Llama's built-in ``brave_search.call(...)``, raw code) is an error
+    call, so the model learns the JSON form.
 
     Example:
         >>> parse_llama3('{"name": "add", "parameters": {"a": 1}}').calls[0].arguments
         {'a': 1}
+        >>> t = parse_llama3('Let me add. <|python_tag|>[{"name": "add", "parameters": {"a": 1}}]')
+        >>> t.content, t.calls[0].name
+        ('Let me add.', 'add')
     """
-    body = text.strip()
-    tagged = body.startswith(_LLAMA_TAG)
-    if tagged:
-        body = body[len(_LLAMA_TAG):].strip()
-    if not body.startswith("{"):
-        return ParsedTurn(content=text.strip())
+    tag = text.find(_LLAMA_TAG)
+    # text that opens as JSON is untagged: a tag further on sits inside or after that JSON
+    tagged = tag >= 0 and not text.lstrip().startswith(("{", "["))
+    content = text[:tag].strip() if tagged else ""
+    body = (text[tag + len(_LLAMA_TAG):] if tagged else text).strip()
+    if not body.startswith(("{", "[")):
+        if not tagged:
+            return ParsedTurn(content=text.strip())
+        return ParsedTurn(content=content, calls=[ToolCall(name="", id="call_0", error=(
+            f'after {_LLAMA_TAG} a tool call must be JSON {{"name": ..., "parameters": {{...}}}}'))])
     if len(body) > MAX_CALL_CHARS:
-        return ParsedTurn(content="", calls=[ToolCall(name="", id="call_0", error="tool call too large")])
+        return ParsedTurn(content=content, calls=[ToolCall(name="", id="call_0", error="tool call too large")])
     decoder = json.JSONDecoder()
     calls: list[ToolCall] = []
     pos = 0
     while pos < len(body):
-        if len(calls) >= MAX_CALLS_PER_TURN:
-            calls.append(ToolCall(name="", id=f"call_{len(calls)}",
-                                  error=f"more than {MAX_CALLS_PER_TURN} tool calls in one turn"))
-            break
         try:
             obj, end = decoder.raw_decode(body, pos)
         except (ValueError, RecursionError) as exc:
@@ -157,14 +192,21 @@ def parse_llama3(text: str) -> ParsedTurn:
                 return ParsedTurn(content=text.strip())  # plain text that happens to start with "{"
             calls.append(ToolCall(name="", id=f"call_{len(calls)}", error=f"tool call is not valid JSON: {exc}"))
             break
-        if not (isinstance(obj, dict) and "name" in obj and ("parameters" in obj or "arguments" in obj)):
-            if not calls and not tagged:
-                return ParsedTurn(content=text.strip())
-        calls.append(_from_object(obj, f"call_{len(calls)}", "parameters"))
+        objs = obj if isinstance(obj, list) else [obj]
+        if not calls and not tagged and not (objs and all(map(_call_shaped, objs))):
+            return ParsedTurn(content=text.strip())  # e.g. a JSON answer, not a call
+        found = [_from_object(o, f"call_{len(calls) + k}", "parameters")
+                 for k, o in enumerate(objs[: MAX_CALLS_PER_TURN + 1])]
+        if not _add_capped(calls, found):
+            break
         pos = end
         while pos < len(body) and body[pos] in " \t\r\n;":
             pos += 1
-    return ParsedTurn(content="", calls=calls)
+    return ParsedTurn(content=content, calls=calls)
+
+
+def _call_shaped(obj: Any) -> bool:
+    return isinstance(obj, dict) and "name" in obj and ("parameters" in obj or "arguments" in obj)
 
 
 def parse_openai(message: dict[str, Any]) -> ParsedTurn:
@@ -212,7 +254,7 @@ def parse_action(action: Any, fmt: str = "auto") -> ParsedTurn:
     """Parse an assistant action (text or message dict) in the given format; never raises.
 
     ``fmt="auto"`` reads structured ``tool_calls`` from a dict, Hermes tags from text, and
-    Llama-3 JSON when the whole text is a call object.
+    Llama-3 JSON when the text is a call object or list, or holds ``<|python_tag|>``.
 
     Example:
         >>> len(parse_action('<tool_call>{"name": "f", "arguments": {}}</tool_call>').calls)
@@ -230,8 +272,7 @@ def parse_action(action: Any, fmt: str = "auto") -> ParsedTurn:
             turn = parse_hermes(action)
             if turn.calls:
                 return turn
-            stripped = action.lstrip()
-            if stripped.startswith(("{", _LLAMA_TAG)):
+            if action.lstrip().startswith(("{", "[")) or _LLAMA_TAG in action:
                 return parse_llama3(action)
             return turn
         return PARSERS[fmt](action)

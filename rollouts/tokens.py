@@ -17,10 +17,16 @@ sampled (*tokenisation drift*, detected with ``drift_check="tokens"``). Drift is
 :class:`~toolgym.rollouts.records.DriftEvent`; the ``drift_policy`` decides what happens next:
 ``"keep"`` appends to the sequence as sampled, ``"split"`` closes the current sample and starts a
 new one whose prompt is the fresh render (what the model sees at inference).
+
+A template that ignores ``tools=`` (SmolLM2's) would hide the tools from the model; ChatFormat
+then rewrites every conversation it renders with :mod:`toolgym.rollouts.toolprompt` (tools in the
+system message, tool results as the family reads them), the same way each time, so the deltas
+above stay exact.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +34,7 @@ from toolgym.errors import ConfigError, EnvError
 from toolgym.rollouts.engines.base import Completion
 from toolgym.rollouts.records import DriftEvent
 from toolgym.rollouts.tiny import resolve_template
+from toolgym.rollouts.toolprompt import STYLES, TOOL_PROMPTS, ToolPrompt, probe_template, warn_dropped_tools
 
 DRIFT_POLICIES = ("keep", "split")
 DRIFT_CHECKS = ("text", "tokens", "off")
@@ -37,31 +44,80 @@ _ANCHOR = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x
 class ChatFormat:
     """A tokenizer plus chat template: renders conversations and tokenises text deltas.
 
+    Tool schemas reach the model through the template when it renders ``tools=``; a template that
+    drops them (SmolLM2's, plain ChatML) gets them in the system message instead, in its family's
+    wording (:mod:`toolgym.rollouts.toolprompt`), with a warning logged once per template. Every
+    render goes through the same rewrite, so multi-turn deltas stay token-exact.
+
     Args:
         tokenizer: A Hugging Face tokenizer with a chat template.
         tools: Tool schemas passed to the template.
         chat_template: Overrides the tokenizer's template (e.g. a thinking variant).
         eot_token: The template's end-of-turn token; found from the tokenizer when ``None``.
+        tool_prompt: ``"auto"`` (the template's tool rendering if it has one, else the system
+            message), ``"template"`` (always the template, even if it drops tools) or ``"system"``
+            (always the system message; the template is given no tools).
+        tool_style: A :data:`~toolgym.rollouts.toolprompt.STYLES` key for the system-message
+            prompt (``hermes``, ``apigen``, ``llama3``); ``None`` picks by the template's markup.
+
+    Example:
+        >>> from transformers import AutoTokenizer
+        >>> from toolgym.rollouts.tiny import tiny_model_path
+        >>> fmt = ChatFormat(AutoTokenizer.from_pretrained(tiny_model_path()), [{"type": "function",
+        ...                  "function": {"name": "add", "parameters": {}}}])
+        >>> fmt.tool_mode, '"name": "add"' in fmt.render([{"role": "user", "content": "hi"}], True)
+        ('template', True)
     """
 
     def __init__(self, tokenizer: Any, tools: list[dict[str, Any]] | None = None, *,
-                 chat_template: str | None = None, eot_token: str | None = None):
+                 chat_template: str | None = None, eot_token: str | None = None, tool_prompt: str = "auto",
+                 tool_style: str | None = None):
+        if tool_prompt not in TOOL_PROMPTS:
+            raise ConfigError(f"tool_prompt must be one of {TOOL_PROMPTS}, got {tool_prompt!r}")
+        if tool_style is not None and tool_style not in STYLES:
+            raise ConfigError(f"tool_style must be one of {tuple(STYLES)}, got {tool_style!r}")
         self.tokenizer = tokenizer
         self.tools = tools or None
         self.chat_template = resolve_template(chat_template)  # a name ("compact") or Jinja source
         self.eot_text = eot_token or _find_eot(tokenizer)
         self.eot_id = int(tokenizer.convert_tokens_to_ids(self.eot_text))
+        self.tool_prompt = tool_prompt
+        self.tool_mode = "template"  # what was chosen: "template" or "system"
+        self.prompter: ToolPrompt | None = None
+        if tool_prompt != "template":
+            key = _template_key(tokenizer, self.chat_template)
+            probe = probe_template(self._template_render, key)
+            if tool_prompt == "system" or not probe.renders_tools:
+                style = tool_style or probe.family
+                self.tool_mode, self.prompter = "system", ToolPrompt(STYLES[style], probe.default_system)
+                if tool_prompt == "auto" and self.tools:
+                    warn_dropped_tools(key, getattr(tokenizer, "name_or_path", "") or "the tokenizer", style)
 
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool, tools: Any = "default") -> str:
+        """The template's text for ``messages``; ``tools="default"`` means this format's tools."""
+        tools = self.tools if tools == "default" else tools
+        if self.prompter is not None:  # the template drops tools: the rewritten chat carries them
+            return self._template_render(self.prompter.apply(messages, tools), None, generation_prompt)
+        return self._template_render(messages, tools, generation_prompt)
+
+    def _template_render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                         generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, tools=self.tools if tools == "default" else tools, chat_template=self.chat_template,
-            tokenize=False, add_generation_prompt=generation_prompt)
+            messages, tools=tools, chat_template=self.chat_template, tokenize=False,
+            add_generation_prompt=generation_prompt)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _template_key(tokenizer: Any, chat_template: str | None) -> tuple[str, str]:
+    """What a probe result depends on: the tokenizer and the effective template source."""
+    source = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
+    text = source if isinstance(source, str) else json.dumps(source, sort_keys=True, default=str)
+    return str(getattr(tokenizer, "name_or_path", "")), text
 
 
 def _find_eot(tokenizer: Any) -> str:

@@ -257,3 +257,82 @@ def test_llama3_too_many_calls_adds_an_error():
     turn = parse_llama3(text)
     assert len(turn.calls) == MAX_CALLS_PER_TURN + 1
     assert "more than" in (turn.calls[-1].error or "")
+
+
+# ---------------------------------------------------------------- call lists, Llama tags (SmolLM2, Llama 3.x)
+
+
+@ROUND_TRIP
+@given(call_lists(), prose, st.booleans())
+def test_hermes_json_list_of_calls_round_trips(calls, before, ascii_only):
+    """SmolLM2 (APIGen SFT) writes every call of a turn as one JSON list inside one <tool_call>."""
+    payload = dumps([{"name": n, "arguments": a} for n, a in calls], ascii_only)
+    assume("</tool_call>" not in payload)
+    text = f"{before}<tool_call>[\n{payload[1:-1]}\n]</tool_call>"
+    for turn in (parse_hermes(text), parse_action(text)):
+        check_turn(turn)
+        assert [(c.name, c.arguments, c.error) for c in turn.calls] == [(n, a, None) for n, a in calls]
+        assert [c.id for c in turn.calls] == [f"call_{i}" for i in range(len(calls))]
+        assert turn.content == before.strip()
+
+
+def test_hermes_lists_mix_with_single_blocks_and_count_towards_the_cap():
+    one = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    two = '<tool_call>[{"name": "g", "arguments": {"x": 1}}, {"name": "h"}]</tool_call>'
+    turn = parse_hermes(one + two + one)
+    assert [(c.name, c.id) for c in turn.calls] == [("f", "call_0"), ("g", "call_1"), ("h", "call_2"),
+                                                    ("f", "call_3")]
+    assert turn.calls[2].arguments == {}  # no arguments key: no arguments
+    many = "<tool_call>" + json.dumps([{"name": "f", "arguments": {}}] * (MAX_CALLS_PER_TURN + 4)) + "</tool_call>"
+    turn = parse_hermes(many)
+    assert len(turn.calls) == MAX_CALLS_PER_TURN + 1 and "more than" in turn.calls[-1].error
+    turn = parse_hermes(one * (MAX_CALLS_PER_TURN - 1) + two)  # the list crosses the cap
+    assert len(turn.calls) == MAX_CALLS_PER_TURN + 1 and turn.calls[-2].name == "g"
+
+
+def test_hermes_list_elements_fail_one_by_one():
+    turn = parse_hermes('<tool_call>[{"name": "f", "arguments": {}}, 3, {"arguments": {}}]</tool_call>')
+    assert [(c.name, c.error is None) for c in turn.calls] == [("f", True), ("", False), ("", False)]
+    assert "must be a JSON object" in turn.calls[1].error and '"name"' in turn.calls[2].error
+    empty = parse_hermes("No tool fits. <tool_call>[]</tool_call>")  # APIGen's "no call needed"
+    assert (empty.calls, empty.content) == ([], "No tool fits.")
+    assert parse_hermes('<tool_call>[{"name": "f"}, </tool_call>').calls[0].error.startswith("tool call is not valid")
+
+
+def test_hermes_accepts_llama_parameters_key():
+    turn = parse_hermes('<tool_call>{"name": "f", "parameters": {"a": 1}}</tool_call>')
+    assert (turn.calls[0].name, turn.calls[0].arguments) == ("f", {"a": 1})
+
+
+@pytest.mark.parametrize("text", [
+    '[{"name": "f", "parameters": {"a": 1}}, {"name": "g", "parameters": {}}]',
+    '<|python_tag|>[{"name": "f", "parameters": {"a": 1}}, {"name": "g", "parameters": {}}]',
+    '<|python_tag|>{"name": "f", "parameters": {"a": 1}}; {"name": "g", "parameters": {}}',
+    '{"type": "function", "name": "f", "parameters": {"a": 1}}\n{"name": "g", "arguments": {}}',
+])
+def test_llama3_lists_and_tags(text):
+    for turn in (parse_llama3(text), parse_action(text)):
+        check_turn(turn)
+        assert [(c.name, c.arguments, c.error) for c in turn.calls] == [("f", {"a": 1}, None), ("g", {}, None)]
+        assert turn.content == ""
+
+
+def test_llama3_text_before_python_tag_is_content():
+    turn = parse_action('I will add them.\n<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}')
+    assert turn.content == "I will add them."
+    assert [(c.name, c.arguments) for c in turn.calls] == [("add", {"a": 1, "b": 2})]
+
+
+@pytest.mark.parametrize("text", ['<|python_tag|>brave_search.call(query="x")', "<|python_tag|>print(1 + 2)",
+                                  "<|python_tag|>", '<|python_tag|>{"name": "f", "parameters": {"a": 1}'])
+def test_llama3_non_json_after_tag_is_an_error_call(text):
+    for turn in (parse_llama3(text), parse_action(text)):
+        check_turn(turn)
+        assert len(turn.calls) == 1 and turn.calls[0].error
+
+
+@pytest.mark.parametrize("text", ["[1, 2, 3]", "[]", '[{"name": "Ada"}]', '["a", {"name": "f", "parameters": {}}]',
+                                  '{"answer": 4} <|python_tag|>'])
+def test_llama3_json_answers_stay_text(text):
+    turn = parse_action(text)
+    assert (turn.calls, turn.content) == ([], text)

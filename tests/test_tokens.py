@@ -170,3 +170,33 @@ def test_conversation_tokens_match_a_rollout_of_the_same_chat(tok):
     assert len(seg.turn_spans) == 2 and seg.turn_spans[1][1] == len(seg.token_ids)
     with pytest.raises(ValueError):
         conversation_tokens(fmt, messages)
+
+
+# ChatML that ignores tools= and drops past <think> blocks: the tool prompt is injected (toolprompt.py)
+_THINK_CHATML = (
+    "{% for message in messages %}{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' and not loop.last and '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\\n') %}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.mark.parametrize("policy", ["keep", "split"])
+def test_injected_tool_prompt_holds_through_template_drift(tok, policy):
+    """The anchored delta (keep) and the fresh render (split) go through the same rewrite."""
+    fmt = _fmt(tok, _THINK_CHATML)
+    assert fmt.tool_mode == "system"
+    msgs = [{"role": "user", "content": "q"}]
+    tt = TokenTrajectory(fmt, msgs, drift_policy=policy)
+    assert "# Tools" in fmt.decode(tt.token_ids)
+    content = tt.add_completion(_sample(fmt, "<think>\nadd them\n</think>\n\n" + CALL))
+    before = len(tt.token_ids)
+    after = [*msgs, {"role": "assistant", "content": content}, {"role": "tool", "name": "calculator", "content": "3"}]
+    reply = tt.add_env_reply(after)
+    assert reply.drift is not None and reply.drift.kind == "template"
+    if policy == "keep":
+        assert fmt.decode(tt.token_ids[before:]) == (
+            "\n<|im_start|>user\n<tool_response>\n3\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    else:
+        assert tt.token_ids == fmt.encode(fmt.render(after, generation_prompt=True))
+        assert fmt.decode(tt.token_ids).count("# Tools") == 1

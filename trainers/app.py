@@ -37,7 +37,7 @@ from toolgym.sandboxes.config import SandboxConfig
 from toolgym.trainers import grpo
 from toolgym.trainers.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from toolgym.trainers.curriculum import TaskSampler, make_sampler
-from toolgym.trainers.model import ModelConfig, load_policy
+from toolgym.trainers.model import ModelConfig, load_policy, resolve_path
 from toolgym.trainers.sft import demonstration_samples, sft, trajectory_samples
 
 log = logging.getLogger("toolgym.train")
@@ -86,7 +86,11 @@ def seed_everything(seed: int) -> None:
 
 
 def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
-    """The rollout engine, sharing weights with the policy where it can."""
+    """The rollout engine, sharing weights with the policy where it can.
+
+    ``hf`` generates with the policy object itself. Any other engine (vLLM) serves the policy's
+    checkpoint and gets the trainer's weights after every update (:func:`sync_weights`).
+    """
     if cfg.engine.kind == "hf":
         from toolgym.rollouts.engines.hf import HFEngine
 
@@ -94,7 +98,42 @@ def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
         return HFEngine(model, tokenizer, max_batch_size=cfg.engine.max_batch_size)
     from toolgym.rollouts.engines import make_engine as build
 
-    return build(cfg.engine)
+    return build(dataclasses.replace(cfg.engine, model=resolve_path(cfg.model, cfg.seed)))
+
+
+def sync_weights(engine: Any, model: Any, version: int) -> None:
+    """Make the engine generate with the policy's current weights, recorded as ``version``.
+
+    ``version`` is the GRPO step that produced the weights (0: the initial or warm-started
+    policy); trajectories carry it in ``versions["weights"]``, and a resumed run numbers them the
+    same way.
+
+    The ``hf`` engine shares the model object: it only bumps its weights version. Other engines
+    get ``(name, tensor)`` pairs under the base model's parameter names; a LoRA policy is merged
+    for the copy and unmerged again, so the trainer keeps training the adapter.
+    """
+    from toolgym.rollouts.engines.hf import HFEngine
+
+    if isinstance(engine, HFEngine):
+        engine.update_weights()
+    else:
+        engine.update_weights(list(policy_weights(model)))
+    engine.weights_version = version
+
+
+def policy_weights(model: Any) -> Any:
+    """The policy's full weights as ``(name, tensor)`` pairs with the base model's names."""
+    if not hasattr(model, "merge_adapter"):
+        yield from ((n, p.detach()) for n, p in model.state_dict().items())
+        return
+    model.merge_adapter()
+    try:
+        for name, t in model.get_base_model().state_dict().items():
+            if "lora_" in name:
+                continue
+            yield name.replace(".base_layer.", "."), t.detach().clone()
+    finally:
+        model.unmerge_adapter()
 
 
 def make_workers(cfg: TrainConfig, engine: Any) -> tuple[RolloutWorker, RolloutWorker, Any, Any]:
@@ -213,6 +252,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         loaded = load_checkpoint(latest, model, optimizer, scheduler)
         state = dict(loaded.data_state)
         console.print(f"resumed from {latest.name} (step {state['step']})")
+        sync_weights(engine, model, state["step"])
     else:
         if (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir / "checkpoints")
@@ -221,7 +261,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         console.print(f"held-out reward before training: {state['eval_before']['reward']:.3f}")
         run_log.write("eval", 0, {**state["eval_before"], "phase_before": 1.0})
         sft_losses = warm_start(cfg, model, engine, train_env, pad_id)
-        engine.update_weights()
+        if sft_losses:
+            sync_weights(engine, model, 0)
         if sft_losses:
             state["eval_after_sft"] = evaluate(cfg, model, held_out, eval_env)
             console.print(f"held-out reward after SFT warm start: {state['eval_after_sft']['reward']:.3f}")
@@ -296,7 +337,7 @@ def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler:
     update, train_s = grpo.timed(lambda: grpo.policy_update(model, optimizer, batch, tcfg, cfg.rollout.temperature,
                                                             ref_model))
     scheduler.step()
-    engine.update_weights()
+    sync_weights(engine, model, step)
     return grpo.step_metrics(groups, {**update, **sample_stats}, {"generate_s": generate_s, "train_s": train_s})
 
 

