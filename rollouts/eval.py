@@ -2,9 +2,14 @@
 
     toolgym eval toolgym/Arithmetic-v0 --model tiny --engine hf --episodes 20 --group 4 --out runs/eval.jsonl
 
+Decoding is greedy (``--temperature 0``) unless told otherwise; pass@k with ``--group`` above 1
+wants sampling (e.g. ``--temperature 1``). ``--drift-check tokens`` also detects tokenisation drift
+(the canonical tokens of the text differ from the sampled ones), not only template drift.
+
 Trajectories are appended to ``--out`` as they finish; re-running with the same ``--out`` skips
-episodes already there, and the summary (mean reward, pass@k, turns, tool calls, errors by type)
-covers the whole file. A ``<out>.summary.json`` is written beside it.
+episodes already there, and the summary (mean reward, pass@k, turns, tool calls, errors by type,
+drift events by kind, the temperatures the episodes were sampled at) covers the whole file. A
+``<out>.summary.json`` is written beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from toolgym.errors import ConfigError
 from toolgym.rollouts.engines import EngineConfig, make_engine
 from toolgym.rollouts.records import Trajectory, TrajectoryWriter, done_keys, read_trajectories
+from toolgym.rollouts.tokens import DRIFT_CHECKS
 from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
 
 
@@ -67,9 +73,11 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-turns", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--drift-check", choices=DRIFT_CHECKS, default="text",
+                   help="detect template drift (text), also tokenisation drift (tokens), or neither (off)")
     p.add_argument("--pass-threshold", type=float, default=None,
                    help="reward counted as solved (default: the rubric's maximum)")
     p.add_argument("--no-progress", action="store_true")
@@ -96,7 +104,11 @@ class EvalSummary:
     mean_completion_tokens: float
     errors: dict[str, int] = field(default_factory=dict)
     truncated: dict[str, int] = field(default_factory=dict)
+    drift: dict[str, int] = field(default_factory=dict)  # drift events by kind (template, tokenization)
+    temperatures: dict[str, int] = field(default_factory=dict)  # episodes per sampling temperature
     new_episodes: int = 0
+    temperature: float | None = None  # this run's setting
+    drift_check: str | None = None  # this run's setting
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +139,9 @@ def summarize(trajectories: list[Trajectory], threshold: float, env_id: str = ""
     rewards = [t.reward for t in episodes]
     errors = Counter(f"{t.error.kind}:{t.error.type}" for t in episodes if t.error)
     truncated = Counter(t.truncated_reason or "unknown" for t in episodes if t.truncated)
+    # every segment of a split episode repeats the episode's drift list: count the first segment only
+    drift = Counter(d.kind for t in episodes for d in t.drift)
+    temperatures = Counter(str(t.metadata.get("temperature", "unknown")) for t in episodes)
     mean = statistics.fmean(rewards) if rewards else 0.0
     stderr = statistics.stdev(rewards) / math.sqrt(len(rewards)) if len(rewards) > 1 else 0.0
     return EvalSummary(
@@ -134,7 +149,7 @@ def summarize(trajectories: list[Trajectory], threshold: float, env_id: str = ""
         pass_at_k=passes, mean_turns=_mean(len(t.turns) for t in episodes),
         mean_tool_calls=_mean(t.cost.tool_calls for t in episodes),
         mean_completion_tokens=_mean(t.cost.completion_tokens for t in episodes),
-        errors=dict(errors), truncated=dict(truncated))
+        errors=dict(errors), truncated=dict(truncated), drift=dict(drift), temperatures=dict(temperatures))
 
 
 def _mean(values: Any) -> float:
@@ -148,6 +163,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     env_kwargs = parse_env_args(args.env_arg)
+    if args.group > 1 and args.temperature <= 0:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"note: --group {args.group} with greedy decoding (--temperature 0) samples the "
+                                   "same episode repeatedly; give --temperature 1 for a meaningful pass@k")
     make_env = lambda: toolgym.make(args.env_id, split=args.split, **env_kwargs).unwrapped  # noqa: E731
     probe = make_env()
     threshold = args.pass_threshold if args.pass_threshold is not None else (probe.reward_bounds[1] or 1.0)
@@ -161,7 +181,7 @@ def run_eval(args: argparse.Namespace) -> int:
     new = _run(args, make_env, todo, done, out, remaining) if todo else 0
     everything = [t for t in read_trajectories(out) if t.task_id in set(task_ids)]
     summary = summarize(everything, threshold, args.env_id)
-    summary.new_episodes = new
+    summary.new_episodes, summary.temperature, summary.drift_check = new, args.temperature, args.drift_check
     Path(str(out) + ".summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     _print_summary(summary, out)
     return 0
@@ -176,7 +196,8 @@ def _run(args: argparse.Namespace, make_env: Any, todo: list[RolloutRequest], do
     engine = make_engine(EngineConfig(kind=args.engine, model=args.model, device=args.device,
                                       base_url=args.base_url, tokenizer=args.tokenizer))
     cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_turns=args.max_turns, temperature=args.temperature,
-                        top_p=args.top_p, max_concurrency=args.concurrency, chat_template=load_template(args.chat_template))
+                        top_p=args.top_p, max_concurrency=args.concurrency, chat_template=load_template(args.chat_template),
+                        drift_check=args.drift_check)
     progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                         TimeRemainingColumn(), disable=args.no_progress)
     rewards: list[float] = []
@@ -186,6 +207,8 @@ def _run(args: argparse.Namespace, make_env: Any, todo: list[RolloutRequest], do
 
         def record(t: Trajectory) -> None:
             nonlocal count
+            # Kept with each record: a resumed file may mix runs sampled at different temperatures.
+            t.metadata["temperature"] = args.temperature
             writer.write(t)
             if t.segment == 0:
                 count += 1
@@ -211,6 +234,11 @@ def _print_summary(s: EvalSummary, out: Path) -> None:
     table.add_column("value", justify="right")
     table.add_row("episodes (tasks)", f"{s.episodes} ({s.tasks})")
     table.add_row("new this run", str(s.new_episodes))
+    if s.temperature is not None:
+        table.add_row("temperature", "0 (greedy)" if s.temperature <= 0 else f"{s.temperature:g}")
+    if len(s.temperatures) > 1:  # a resumed file sampled at several temperatures
+        for temp, n in sorted(s.temperatures.items()):
+            table.add_row(f"episodes at temperature {temp}", str(n))
     table.add_row("mean reward", f"{s.mean_reward:.3f} ± {s.reward_stderr:.3f}")
     for k, v in s.pass_at_k.items():
         table.add_row(f"pass@{k}", f"{v:.3f}")
@@ -221,6 +249,12 @@ def _print_summary(s: EvalSummary, out: Path) -> None:
         table.add_row(f"error {name}", str(n))
     for name, n in sorted(s.truncated.items()):
         table.add_row(f"truncated {name}", str(n))
+    if s.drift_check is not None:
+        table.add_row("drift check", s.drift_check)
+    for kind, n in sorted(s.drift.items()):
+        table.add_row(f"drift {kind}", str(n))
+    if s.drift_check != "off":
+        table.add_row("drift events", str(sum(s.drift.values())))
     console = Console()
     console.print(table)
     console.print(f"trajectories: {out}")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from toolgym.rollouts.eval import add_eval_parser, pass_at_k, summarize
-from toolgym.rollouts.records import Trajectory, read_trajectories
+from toolgym.rollouts.records import DriftEvent, Trajectory, read_trajectories
 
 
 def _parse(argv):
@@ -20,7 +20,7 @@ def _parse(argv):
 def test_eval_runs_and_resumes(tmp_path, capsys):
     out = tmp_path / "eval.jsonl"
     argv = ["eval", "toolgym/Arithmetic-v0", "--model", "tiny", "--engine", "hf", "--episodes", "2", "--group", "2",
-            "--out", str(out), "--max-new-tokens", "6", "--no-progress", "--device", "cpu"]
+            "--out", str(out), "--max-new-tokens", "6", "--no-progress", "--device", "cpu", "--drift-check", "tokens"]
     args = _parse(argv)
     assert args.func(args) == 0
     first = read_trajectories(out)
@@ -29,7 +29,10 @@ def test_eval_runs_and_resumes(tmp_path, capsys):
     assert all(t.cost.completion_tokens <= 6 * 4 for t in first)
     summary = json.loads((tmp_path / "eval.jsonl.summary.json").read_text())
     assert summary["episodes"] == 4 and summary["new_episodes"] == 4 and set(summary["pass_at_k"]) == {"1", "2"}
-    assert "mean reward" in capsys.readouterr().out
+    assert summary["temperature"] == 0.0 and summary["temperatures"] == {"0.0": 4}  # greedy unless told
+    assert summary["drift_check"] == "tokens" and isinstance(summary["drift"], dict)
+    printed = capsys.readouterr().out
+    assert "mean reward" in printed and "0 (greedy)" in printed and "drift events" in printed
     # same --out, one more task: only the new task's episodes run
     args = _parse(argv[:7] + ["3"] + argv[8:])
     assert args.func(args) == 0
@@ -48,3 +51,50 @@ def test_pass_at_k_and_summary_counts():
           Trajectory(env_id="e", task_id="b", sample_index=1, reward=0.0)]
     s = summarize(ts, threshold=1.0)
     assert s.pass_at_k == {1: 0.25, 2: 0.5} and s.mean_reward == 0.25 and s.truncated == {"max_turns": 1}
+
+
+def test_defaults_greedy_and_drift_check_choices():
+    args = _parse(["eval", "toolgym/Arithmetic-v0", "--model", "tiny", "--out", "x.jsonl"])
+    assert args.temperature == 0.0 and args.drift_check == "text"
+    assert _parse(["eval", "e", "--model", "m", "--out", "o", "--drift-check", "off"]).drift_check == "off"
+    with pytest.raises(SystemExit):
+        _parse(["eval", "e", "--model", "m", "--out", "o", "--drift-check", "sometimes"])
+
+
+def test_drift_check_reaches_the_rollout_config(monkeypatch, tmp_path):
+    import toolgym.rollouts.eval as ev
+
+    seen = {}
+
+    class Worker:
+        def __init__(self, engine, make_env, cfg, **kwargs):
+            seen["cfg"] = cfg
+
+        def run_sync(self, todo):
+            return []
+
+        def close(self):
+            pass
+
+    class Engine:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(ev, "RolloutWorker", Worker)
+    monkeypatch.setattr(ev, "make_engine", lambda cfg: Engine())
+    args = _parse(["eval", "toolgym/Arithmetic-v0", "--model", "tiny", "--out", str(tmp_path / "o.jsonl"),
+                   "--drift-check", "tokens", "--no-progress", "--episodes", "1"])
+    assert args.func(args) == 0
+    assert seen["cfg"].drift_check == "tokens" and seen["cfg"].temperature == 0.0
+
+
+def test_summary_counts_drift_by_kind_once_per_episode():
+    events = [DriftEvent(turn=1, kind="template", position=9, action="split"), DriftEvent(turn=2, kind="tokenization",
+                                                                                         position=30)]
+    ts = [Trajectory(env_id="e", task_id="a", reward=1.0, drift=events, metadata={"temperature": 0.0}),
+          Trajectory(env_id="e", task_id="a", segment=1, drift=events),  # a later segment repeats the episode's list
+          Trajectory(env_id="e", task_id="b", sample_index=0, drift=events[:1], metadata={"temperature": 1.0}),
+          Trajectory(env_id="e", task_id="c", sample_index=0)]
+    s = summarize(ts, threshold=1.0)
+    assert s.drift == {"template": 2, "tokenization": 1}
+    assert s.temperatures == {"0.0": 1, "1.0": 1, "unknown": 1}

@@ -22,7 +22,9 @@ Run it with ``toolgym train`` (Hydra; see conf/). The loop reads top to bottom i
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -35,10 +37,12 @@ import torch
 from toolgym.rollouts.records import Trajectory
 from toolgym.rollouts.worker import RolloutRequest, RolloutWorker
 from toolgym.trainers.advantages import compute_advantages, dynamic_sampling_filter, turn_level_advantages
-from toolgym.trainers.batch import TokenBatch, pad_batch, token_logprobs
+from toolgym.trainers.batch import DEFAULT_CHUNK_TOKENS, TokenBatch, pad_batch, token_logprobs
 from toolgym.trainers.curriculum import CurriculumConfig, TaskSampler
 from toolgym.trainers.losses import BatchTotals, LossConfig, compute_loss
 from toolgym.trainers.sft import SFTConfig
+
+log = logging.getLogger("toolgym.train")
 
 
 @dataclass
@@ -51,6 +55,10 @@ class TrainerConfig:
         group_size: Episodes per task (G).
         lr, weight_decay, warmup_steps, grad_clip: AdamW with linear warm-up then constant.
         micro_batch_size: Sequences per forward/backward pass (gradient accumulation inside a step).
+        logprob_chunk_tokens: Positions the output head scores at a time (bounds the logits' memory,
+            see :func:`toolgym.trainers.batch.token_logprobs`); 0 computes full logits.
+        cpu_threads: Torch intra-op threads on CPU for :func:`configure_cpu_threads` (None: every
+            physical core this process may use).
         advantage: Key of ``ADVANTAGES``.
         per_turn: Token advantages from per-turn rewards (returns-to-go) instead of episode rewards.
         gamma: Discount over turns when ``per_turn``.
@@ -73,6 +81,8 @@ class TrainerConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     micro_batch_size: int = 32
+    logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    cpu_threads: int | None = None
     advantage: str = "grpo"
     per_turn: bool = False
     gamma: float = 1.0
@@ -168,20 +178,34 @@ def _per_turn_advantages(groups: list[list[Trajectory]], cfg: TrainerConfig) -> 
 def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: TokenBatch | None,
                   cfg: TrainerConfig,
                   temperature: float, ref_model: torch.nn.Module | None = None) -> dict[str, float]:
-    """One optimizer step over ``batch`` with gradient accumulation over micro-batches."""
-    if batch is None:  # dynamic sampling dropped every group: nothing to learn from this step
-        return {"loss": 0.0, "skipped": 1.0}
+    """One optimizer step over ``batch`` with gradient accumulation over micro-batches.
+
+    A batch that cannot move the weights is skipped without a forward or backward pass and without
+    an optimizer step (``skipped: 1.0``): one with no trainable token or, when ``beta == 0``, one
+    whose advantages are zero on every trainable token (``skipped_zero_advantage: 1.0``; every
+    surrogate is then exactly zero). With ``beta > 0`` the KL term still has a gradient, so such a
+    batch is trained on. Skipping is not the same as stepping on a zero gradient: AdamW's moments,
+    step count and weight decay stay as they are, so stale momentum does not move the weights. The
+    learning-rate schedule is the caller's and counts GRPO steps, skipped or not.
+    """
+    # batch None: dynamic sampling dropped every group; no trainable token: nothing to learn either
+    if batch is None or float(batch.mask.sum()) == 0:
+        return _skipped()
+    if cfg.loss.beta == 0.0 and not has_signal(batch):
+        return _skipped(zero_advantage=True, neg_logprob=sampler_neg_logprob(batch))
     device = next(model.parameters()).device
     micro = [batch.slice(i, i + cfg.micro_batch_size).to(device) for i in range(0, len(batch), cfg.micro_batch_size)]
     totals = BatchTotals.of([m.mask for m in micro])
-    if totals.num_tokens == 0:
-        return {"loss": 0.0, "skipped": 1.0}
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {"skipped_zero_advantage": 0.0}
     model.train()
     for m in micro:
+        if float(m.mask.sum()) == 0:  # no trainable token: a zero share of the loss and of every metric
+            continue
         with torch.no_grad():
-            ref = token_logprobs(ref_model, m.ids, m.attention, temperature) if ref_model is not None else None
-        lp = token_logprobs(model, m.ids, m.attention, temperature)  # [b, L]
+            ref = (token_logprobs(ref_model, m.ids, m.attention, temperature, score_mask=m.mask,
+                                  chunk_tokens=cfg.logprob_chunk_tokens) if ref_model is not None else None)
+        lp = token_logprobs(model, m.ids, m.attention, temperature, score_mask=m.mask,
+                            chunk_tokens=cfg.logprob_chunk_tokens)  # [b, L], 0 off the mask
         # One optimizer step per batch: the old policy is the current one, so old_logprobs=None
         # (the loss uses lp.detach()) saves a forward pass and gives the same loss and gradient.
         out = compute_loss(lp, None, m.advantages, m.mask, cfg.loss, totals, ref_logprobs=ref,
@@ -197,6 +221,35 @@ def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return sums
+
+
+def has_signal(batch: TokenBatch) -> bool:
+    """Whether any trainable token has a non-zero (or NaN) advantage: without one, no surrogate has a gradient.
+
+    Example:
+        >>> b = pad_batch([[1, 2, 3]], [[0, 1, 1]], advantages=[[5.0, 0.0, 0.0]])
+        >>> has_signal(b)  # the 5.0 sits on a prompt token
+        False
+    """
+    return bool(batch.advantages[batch.mask.bool()].ne(0).any())
+
+
+def sampler_neg_logprob(batch: TokenBatch) -> float:
+    """Mean negative sampler log-probability of the trainable tokens (NaN ones left out).
+
+    Stands in for the trainer's ``neg_logprob`` on a skipped step (no forward pass ran): the
+    sampler scores the same tokens at the same temperature, up to sampler/trainer mismatch.
+    """
+    lp = batch.sampler_logprobs[batch.mask.bool()]  # [N]
+    lp = lp[~torch.isnan(lp)]
+    return -float(lp.mean()) if lp.numel() else 0.0
+
+
+def _skipped(zero_advantage: bool = False, neg_logprob: float | None = None) -> dict[str, float]:
+    out = {"loss": 0.0, "skipped": 1.0, "grad_norm": 0.0, "skipped_zero_advantage": float(zero_advantage)}
+    if neg_logprob is not None:
+        out["neg_logprob"] = neg_logprob
+    return out
 
 
 def build_batch(groups: list[list[Trajectory]], cfg: TrainerConfig, pad_id: int) -> TokenBatch | None:
@@ -253,3 +306,51 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - t
+
+
+# ---- runtime ---------------------------------------------------------------------------------
+def available_cpu_cores() -> int:
+    """Physical cores this process may run on: its CPU affinity, SMT siblings counted once, capped by a cgroup quota.
+
+    Example:
+        >>> 1 <= available_cpu_cores() <= os.cpu_count()
+        True
+    """
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        try:  # hyper-threads of one core list the same siblings
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    quota = _cgroup_cpu_quota()
+    return max(1, min(len(cores), quota) if quota is not None else len(cores))
+
+
+def _cgroup_cpu_quota() -> int | None:
+    # A container limited to quota/period CPUs: cgroup v2 "200000 100000" ("max": none), or v1's two files.
+    for files in (("/sys/fs/cgroup/cpu.max",), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            parts = " ".join(Path(f).read_text() for f in files).split()
+            quota, period = parts[0], parts[1]
+            if quota in ("max", "-1"):
+                return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def configure_cpu_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads to ``n`` (None: :func:`available_cpu_cores`), never above that; returns it.
+
+    Torch's own default counts logical CPUs of the whole machine on some builds, and more threads
+    than cores (or hyper-threads sharing one core's FPU) make the GEMMs of a training step slower.
+    Call it once at start-up, before the model is built. Inter-op threads are left alone: torch
+    lets them be set only before any parallel work has run.
+    """
+    cap = available_cpu_cores()
+    threads = cap if n is None else max(1, min(int(n), cap))
+    if n is not None and n > cap:
+        log.warning("cpu_threads=%d is more than the %d physical cores available; using %d", n, cap, cap)
+    torch.set_num_threads(threads)
+    return threads

@@ -79,9 +79,11 @@ def sft(model: torch.nn.Module, samples: list[tuple[list[int], list[int]]], cfg:
     for step in range(cfg.steps):
         chosen = [samples[rng.randrange(len(samples))] for _ in range(cfg.batch_size)]
         batch = pad_batch([c[0] for c in chosen], [c[1] for c in chosen], pad_id=pad_id).to(device)
-        lp = token_logprobs(model, batch.ids, batch.attention)  # [B, L]
+        # Only the assistant tokens are scored: the output head skips prompt and tool-output positions.
+        lp = token_logprobs(model, batch.ids, batch.attention, score_mask=batch.mask)  # [B, L], 0 off the mask
         loss = -(lp * batch.mask).sum() / batch.mask.sum().clamp(min=1)
-        loss.backward()
+        if loss.requires_grad:  # a batch without one trainable token has no graph (and no gradient)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
