@@ -1,6 +1,7 @@
-"""Rollout throughput on the tiny model: worker overhead and the gain over a lock-step tool loop.
+"""Rollout throughput: worker overhead and the gain over a lock-step tool loop.
 
-    python bench/rollout.py --json
+    python bench/rollout.py --json                                 # hf engine, the tiny model
+    python bench/rollout.py --engine vllm --model smollm2 --json   # vLLM (the CPU build works too)
 
 (a) ``overhead_ratio``: sampled tokens/s through the :class:`RolloutWorker` (multi-turn episodes
     whose tool answers instantly) divided by tokens/s of the bare engine generating the very same
@@ -15,6 +16,13 @@ Every ratio compares two measurements taken in the same run on the same machine,
 ``--repeats`` interleaved runs of each side; the ratio uses each side's best run (the least
 disturbed by other load on a shared machine), and ``*_median`` keys give the medians too. Completions ignore the end-of-turn token so both
 sides sample exactly the same number of tokens.
+
+With ``--engine vllm`` the bare engine is ``AsyncLLM`` itself: each turn's prompts go to
+``AsyncLLM.generate`` concurrently with the same vLLM sampling parameters, skipping toolgym
+entirely. vLLM's prefix cache is emptied before every timed run of either side, so neither
+replays KV the other computed. Defaults shrink for vLLM (fewer episodes and tokens) so a run on
+two CPU cores takes a few minutes; on a CPU, generation dwarfs 100 ms tools and ``vs_lockstep``
+is bounded accordingly (the lock-step loop loses only the tools' serial time).
 """
 
 from __future__ import annotations
@@ -33,10 +41,10 @@ from toolgym_arithmetic import ArithmeticTasks
 from toolgym.envs.base import ToolEnv
 from toolgym.envs.parsing import ToolCall
 from toolgym.envs.tools import tool
+from toolgym.rollouts.engines import resolve_model
 from toolgym.rollouts.engines.base import SamplingParams
 from toolgym.rollouts.engines.hf import HFEngine
 from toolgym.rollouts.records import Trajectory
-from toolgym.rollouts.tiny import tiny_model_path
 from toolgym.rollouts.tokens import ChatFormat, TokenTrajectory
 from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
 
@@ -80,7 +88,10 @@ def run_worker(worker: RolloutWorker, n: int) -> tuple[float, int, list[Trajecto
     return wall, sum(tr.num_sampled for tr in trajs), trajs
 
 
-def run_bare(engine: HFEngine, prompts_by_turn: list[list[list[int]]], params: SamplingParams) -> tuple[float, int]:
+def run_bare(engine: Any, prompts_by_turn: list[list[list[int]]], params: SamplingParams) -> tuple[float, int]:
+    """The bare engine on the same prompts, turn by turn as whole batches: (wall seconds, tokens)."""
+    if not isinstance(engine, HFEngine):
+        return run_bare_vllm(engine, prompts_by_turn, params)
     t = time.perf_counter()
     tokens = 0
     for prompts in prompts_by_turn:
@@ -88,7 +99,33 @@ def run_bare(engine: HFEngine, prompts_by_turn: list[list[list[int]]], params: S
     return time.perf_counter() - t, tokens
 
 
-async def lockstep(engine: HFEngine, envs: list[ToolEnv], params: SamplingParams, concurrent_tools: bool) -> float:
+def run_bare_vllm(engine: Any, prompts_by_turn: list[list[list[int]]], params: SamplingParams) -> tuple[float, int]:
+    """``AsyncLLM.generate`` itself, all of a turn's prompts at once, on the loop that owns it."""
+    from vllm.inputs import TokensPrompt
+
+    async def one(prompt: list[int], request_id: str) -> int:
+        final = None
+        async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=prompt),
+                                             engine.sampling_params(len(prompt), params), request_id):
+            final = out
+        return len(final.outputs[0].token_ids)
+
+    async def batch(prompts: list[list[int]], turn: int) -> int:
+        counts = await asyncio.gather(*(one(p, f"bare-{time.monotonic_ns()}-{turn}-{i}") for i, p in enumerate(prompts)))
+        return sum(counts)
+
+    t = time.perf_counter()
+    tokens = sum(engine.call(batch(prompts, k)) for k, prompts in enumerate(prompts_by_turn))
+    return time.perf_counter() - t, tokens
+
+
+def clear_cache(engine: Any) -> None:
+    """Empty vLLM's prefix cache so a timed run cannot reuse KV from an earlier one (hf has none)."""
+    if not isinstance(engine, HFEngine):
+        engine.call(engine.llm.reset_prefix_cache())
+
+
+async def lockstep(engine: Any, envs: list[ToolEnv], params: SamplingParams, concurrent_tools: bool) -> float:
     """Generate for all, then run all tools, then generate again; returns wall seconds."""
     t = time.perf_counter()
     builders = []
@@ -118,18 +155,22 @@ def prompts_by_turn(trajectories: list[Trajectory]) -> list[list[list[int]]]:
     return [[t.token_ids[:t.turns[k].start] for t in trajectories if len(t.turns) > k] for k in range(turns)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=32)
-    ap.add_argument("--turns", type=int, default=3)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--tool-latency", type=float, default=0.1)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    t_all = time.perf_counter()
-    engine = HFEngine.from_pretrained(tiny_model_path(), device="cpu", max_batch_size=args.episodes)
+# (episodes, max_new_tokens, repeats) when not given: vLLM on a CPU is far slower than the tiny model
+DEFAULTS = {"hf": (32, 32, 7), "vllm": (8, 16, 2)}
+
+
+def build_engine(kind: str, model: str, episodes: int) -> Any:
+    path = resolve_model(model)
+    if kind == "hf":
+        return HFEngine.from_pretrained(path, device="cpu", max_batch_size=episodes)
+    from toolgym.rollouts.engines.vllm import VLLMEngine
+
+    # float32 and eager as in conf/rollout/vllm_cpu.yaml (on a GPU vLLM picks its own dtype)
+    return VLLMEngine(path, dtype="float32", max_model_len=2048, enforce_eager=True, kv_cache_memory_bytes=1 << 30,
+                      max_num_seqs=max(episodes, 8))
+
+
+def measure(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
     n, turns = args.episodes, args.turns
     cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True, max_concurrency=n, max_turns=turns)
     params = cfg.sampling(args.max_new_tokens)
@@ -144,20 +185,24 @@ def main(argv: list[str] | None = None) -> int:
     run_bare(engine, batches, params)
     w_rates, b_rates = [], []
     for _ in range(args.repeats):
+        clear_cache(engine)
         wall, tokens, _ = run_worker(fast_worker, n)
         w_rates.append(tokens / wall)
+        clear_cache(engine)
         wall, tokens = run_bare(engine, batches, params)
         b_rates.append(tokens / wall)
 
     w_tps, ls_tps, lc_tps = [], [], []
     for _ in range(max(1, args.repeats // 2)):
+        clear_cache(engine)
         wall, _, _ = run_worker(slow_worker, n)
         w_tps.append(n / wall)
+        clear_cache(engine)
         ls_tps.append(n / asyncio.run(lockstep(engine, lock_envs, params, concurrent_tools=False)))
+        clear_cache(engine)
         lc_tps.append(n / asyncio.run(lockstep(engine, lock_envs, params, concurrent_tools=True)))
-    engine.close()
     med = statistics.median
-    result = {
+    return {
         "overhead_ratio": round(max(w_rates) / max(b_rates), 3),
         "overhead_ratio_median": round(med(w_rates) / med(b_rates), 3),
         "worker_tokens_per_s": round(max(w_rates), 1),
@@ -168,9 +213,37 @@ def main(argv: list[str] | None = None) -> int:
         "worker_trajectories_per_s": round(max(w_tps), 2),
         "lockstep_trajectories_per_s": round(max(ls_tps), 2),
         "lockstep_concurrent_trajectories_per_s": round(max(lc_tps), 2),
-        "episodes": n, "turns": turns, "max_new_tokens": args.max_new_tokens, "tool_latency_s": args.tool_latency,
-        "torch_threads": torch.get_num_threads(), "wall_s": round(time.perf_counter() - t_all, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=sorted(DEFAULTS), default="hf")
+    ap.add_argument("--model", default="tiny", help="checkpoint path or a name resolve_model knows (tiny, smollm2)")
+    ap.add_argument("--episodes", type=int, default=None)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--tool-latency", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    defaults = DEFAULTS[args.engine]
+    args.episodes = args.episodes or defaults[0]
+    args.max_new_tokens = args.max_new_tokens or defaults[1]
+    args.repeats = args.repeats or defaults[2]
+    torch.manual_seed(0)
+    t_all = time.perf_counter()
+    engine = build_engine(args.engine, args.model, args.episodes)
+    start_s = time.perf_counter() - t_all
+    try:
+        result = measure(engine, args)
+    finally:
+        engine.close()
+    result.update({
+        "engine": args.engine, "model": args.model, "episodes": args.episodes, "turns": args.turns,
+        "max_new_tokens": args.max_new_tokens, "tool_latency_s": args.tool_latency,
+        "torch_threads": torch.get_num_threads(), "engine_start_s": round(start_s, 1),
+        "wall_s": round(time.perf_counter() - t_all, 1)})
     if args.json:
         print(json.dumps(result))
     else:
