@@ -57,8 +57,6 @@ class TrainerConfig:
         micro_batch_size: Sequences per forward/backward pass (gradient accumulation inside a step).
         logprob_chunk_tokens: Positions the output head scores at a time (bounds the logits' memory,
             see :func:`toolgym.trainers.batch.token_logprobs`); 0 computes full logits.
-        cpu_threads: Torch intra-op threads on CPU for :func:`configure_cpu_threads` (None: every
-            physical core this process may use).
         advantage: Key of ``ADVANTAGES``.
         per_turn: Token advantages from per-turn rewards (returns-to-go) instead of episode rewards.
         gamma: Discount over turns when ``per_turn``.
@@ -82,7 +80,6 @@ class TrainerConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 32
     logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-    cpu_threads: int | None = None
     advantage: str = "grpo"
     per_turn: bool = False
     gamma: float = 1.0
