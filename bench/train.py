@@ -1,11 +1,13 @@
 """One GRPO update step: toolgym's trainer against TRL's ``GRPOTrainer``, same model, same batch.
 
-    python bench/train.py --json
+    python bench/train.py --json                  # the tiny random model
+    python bench/train.py --model smollm2 --json  # SmolLM2-135M-Instruct (49k vocabulary, 30 layers)
 
 What is timed: the training step of each trainer on the very same batch of multi-turn tool-use
 episodes, generated once up front (tasks x group of ``toolgym/Arithmetic-v0`` episodes: a tool call,
 the calculator's reply, an answer; half the answers wrong, so rewards differ within each group).
-Both sides train the same tiny model (two copies with identical initial weights) with the same
+Both sides train the same model (two copies with identical initial weights; ``--model``: the tiny
+random model, ``smollm2`` or a local checkpoint, in float32) with the same
 loss (``dapo``, clip 0.2, no KL, no sampler importance correction: TRL without vLLM has none),
 group-normalised advantages, AdamW, gradient clipping at 1.0, and the whole batch in one
 micro-batch.
@@ -155,6 +157,15 @@ def make_interleaver(ours_step: Any) -> Any:
     return Interleave()
 
 
+def model_path(args: argparse.Namespace) -> str:
+    """A local checkpoint for ``--model``: the tiny model of ``--size``, or any name the engines resolve."""
+    if args.model == "tiny":
+        return str(tiny_model_path(size=args.size))
+    from toolgym.rollouts.engines import resolve_model
+
+    return resolve_model(args.model)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
@@ -162,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     torch.manual_seed(0)
-    path = tiny_model_path(size=args.size)
+    path = model_path(args)
     tokenizer = AutoTokenizer.from_pretrained(path)
     dataset = toolgym_dataset(ENV_ID, "train", args.tasks, env_kwargs=ENV_KWARGS)
     trajectories = pregenerate(tokenizer, list(dataset["task_id"]), args.group_size, args.think_words)
@@ -196,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tokens": sum(len(t.token_ids) for t in trajectories),
             "trainable_tokens": sum(sum(t.loss_mask) for t in trajectories),
             "max_sequence_tokens": max(len(t.token_ids) for t in trajectories),
-            "loss_type": "dapo", "model": args.size, "repeats": args.repeats, "warmup": args.warmup,
+            "loss_type": "dapo", "model": args.size if args.model == "tiny" else args.model, "repeats": args.repeats, "warmup": args.warmup,
             "torch_threads": torch.get_num_threads(),
             # Same weights, same batch, same loss: the first step's losses agree if both did the same work.
             "first_step_loss": {"ours": ours_losses[0], "trl": trl_losses[0]},
@@ -209,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=8, help="distinct tasks in the batch")
     ap.add_argument("--group-size", type=int, default=4, help="episodes per task (G)")
     ap.add_argument("--think-words", type=int, default=40, help="words of text before each tool call and answer")
-    ap.add_argument("--size", default="tiny", help="tiny model size (tiny, mini, small)")
+    ap.add_argument("--model", default="tiny", help="tiny, smollm2 or a local checkpoint directory")
+    ap.add_argument("--size", default="tiny", help="tiny model size with --model tiny (tiny, mini, small)")
     ap.add_argument("--repeats", type=int, default=8, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     args = ap.parse_args(argv)

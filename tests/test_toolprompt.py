@@ -244,3 +244,20 @@ def test_rewrite_leaves_the_callers_messages_alone():
     before = json.dumps(msgs)
     out = ToolPrompt(STYLES["hermes"], "D").apply(msgs, TOOLS)
     assert json.dumps(msgs) == before and out[0]["content"].startswith("S\n\n# Tools") and out[2]["content"] == ""
+
+
+def test_openai_compat_server_renders_tools_like_the_worker(smol):
+    """A chat request over HTTP gets the same prompt the rollout worker builds (tools in the system message)."""
+    import httpx
+
+    from toolgym.rollouts.engines.fake import ScriptedEngine
+    from toolgym.rollouts.engines.server import OpenAICompatServer
+
+    engine = ScriptedEngine(smol, ["Answer: 392"])
+    with OpenAICompatServer(engine) as server:
+        r = httpx.post(server.url + "/chat/completions", json={"model": "model", "messages": QUESTION,
+                                                                "tools": TOOLS, "max_tokens": 8})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Answer: 392"
+    sent = smol.decode(engine.log[0].prompt_ids)
+    assert sent == ChatFormat(smol, TOOLS).render(QUESTION, generation_prompt=True)
+    assert json.dumps(TOOLS[0]) in sent and SMOLLM2_DEFAULT in sent

@@ -295,6 +295,87 @@ def test_start_failures_are_config_errors(smol_path, tmp_path):
 
 
 
+# ---- (f) the colocated loop: generate, update, sync, every step ---------------------------------
+class _Shared:
+    """The module's engine as ``toolgym train`` sees it: records each sync and each version generated with.
+
+    ``close`` is a no-op so the engine outlives the run (the next test needs it).
+    """
+
+    def __init__(self, engine: Any):
+        self._engine, self._pending = engine, False
+        self.synced, self.renamed, self.generated_with = [], [], []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    @property
+    def weights_version(self) -> int:
+        return self._engine.weights_version
+
+    @weights_version.setter
+    def weights_version(self, value: int) -> None:
+        (self.synced if self._pending else self.renamed).append(value)
+        self._pending = False
+        self._engine.weights_version = value
+
+    async def generate(self, prompt_ids, params, chat=None):
+        self.generated_with.append(self._engine.weights_version)
+        return await self._engine.generate(prompt_ids, params, chat)
+
+    def update_weights(self, named) -> None:
+        self._engine.update_weights(named)
+        self._pending = True
+
+    def close(self) -> None:
+        pass
+
+
+def test_colocated_training_syncs_lora_weights_every_step(engine, tmp_path, monkeypatch):
+    """``toolgym train recipe=smollm2_arithmetic_cpu rollout=vllm_cpu``, shrunk: SFT, GRPO steps, vLLM kept in sync."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from toolgym.trainers import app
+
+    app.register_configs()
+    with initialize_config_module(config_module="toolgym.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "recipe=smollm2_arithmetic_cpu", "rollout=vllm_cpu", "trainer.steps=2", "trainer.tasks_per_step=2",
+            "trainer.group_size=2", "trainer.micro_batch_size=4", "trainer.eval_episodes=2", "trainer.sft.steps=2",
+            "trainer.sft.batch_size=2", "trainer.sft.demonstrations=8", "trainer.checkpoint_every=1",
+            "rollout.max_new_tokens=24", "eval_rollout.max_new_tokens=24", "tensorboard=false", "cpu_threads=1"])
+    cfg.run_dir = str(tmp_path)
+    typed = OmegaConf.to_object(cfg)
+    assert typed.engine.kind == "vllm" and typed.model.lora.enabled
+    shared, policy = _Shared(engine), {}
+
+    def make_engine(cfg: Any, model: Any, tokenizer: Any) -> _Shared:
+        policy["model"] = model
+        return shared
+
+    monkeypatch.setattr(app, "make_engine", make_engine)
+    start_version = engine.weights_version  # earlier tests' updates
+    summary = app.train(typed, tmp_path)
+
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    # One sync after the SFT warm start (version 0), then one after every update that moved the weights;
+    # a skipped update (all advantages zero) only renames the engine's weights as the new step's.
+    assert [r["step"] for r in train] == [1, 2]
+    assert shared.synced == [0, *[r["step"] for r in train if not r.get("skipped")]]
+    assert shared.renamed == [r["step"] for r in train if r.get("skipped")]
+    assert engine.weights_version == 2 and shared.generated_with[0] == start_version
+    # Each step generates with the previous step's weights; the last eval with the final ones.
+    after_sft = shared.generated_with[shared.generated_with.index(0):]
+    assert after_sft == sorted(after_sft) and set(after_sft) == {0, 1, 2} and after_sft[-1] == 2
+    assert summary["eval_reward_after_sft"] is not None and set(summary["phase_s"]) >= {"sft", "grpo"}
+    # What vLLM samples from is the trained policy: the LoRA adapter merged into the base weights.
+    merged = copy.deepcopy(policy["model"]).merge_and_unload().eval()
+    fmt = ChatFormat(engine.tokenizer)
+    _assert_matches_hf(engine, merged, fmt.encode(fmt.render(QUESTION, generation_prompt=True)))
+
+
 def test_engine_death_is_a_model_error(engine, question_ids):
     """Runs last: it kills the module's engine process (one vLLM starts per module, so this test is cheap)."""
     import signal

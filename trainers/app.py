@@ -250,7 +250,6 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                                   weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, grpo.learning_rate_lambda(tcfg))
     run_log = RunLog(run_dir, cfg.tensorboard)
-    state: dict[str, Any] = {"step": 0}
     latest = find_latest(run_dir / "checkpoints") if cfg.resume else None
     if latest is not None:
         loaded = load_checkpoint(latest, model, optimizer, scheduler)
@@ -258,26 +257,16 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         console.print(f"resumed from {latest.name} (step {state['step']})")
         sync_weights(engine, model, state["step"])
     else:
-        if (run_dir / "checkpoints").exists():
-            shutil.rmtree(run_dir / "checkpoints")
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        state["eval_before"] = evaluate(cfg, model, held_out, eval_env)
-        console.print(f"held-out reward before training: {state['eval_before']['reward']:.3f}")
-        run_log.write("eval", 0, {**state["eval_before"], "phase_before": 1.0})
-        sft_losses = warm_start(cfg, model, engine, train_env, pad_id)
-        if sft_losses:
-            sync_weights(engine, model, 0)
-        if sft_losses:
-            state["eval_after_sft"] = evaluate(cfg, model, held_out, eval_env)
-            console.print(f"held-out reward after SFT warm start: {state['eval_after_sft']['reward']:.3f}")
-            run_log.write("eval", 0, state["eval_after_sft"])
-        state["sft_final_loss"] = sft_losses[-1] if sft_losses else None
+        state = {"step": 0, "phase_s": {"setup": round(time.perf_counter() - started, 1)}}
+        before_grpo(cfg, run_dir, run_log, model, engine, held_out, train_env, eval_env, pad_id, state)
         save_checkpoint(run_dir / "checkpoints", 0, model, optimizer, scheduler, data_state=state,
                         keep_last=tcfg.keep_checkpoints)
+    phases = state.setdefault("phase_s", {})
     ref_model = reference_model(model, run_dir, resumed=latest is not None) if tcfg.loss.beta > 0 else None
     sampler = make_sampler(tcfg.curriculum, train_env.tasks)
     sampler.load_state_dict(state.get("curriculum", {}))
     for step in range(state["step"] + 1, tcfg.steps + 1):
+        t0 = time.perf_counter()
         state["step"] = step
         metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, sampler, pad_id, ref_model)
         state["curriculum"] = sampler.state_dict()
@@ -289,27 +278,69 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                       f"train {metrics['train_s']:.1f}s")
         if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
             run_log.write("eval", step, evaluate(cfg, model, held_out, eval_env))
+        # Phase times live in the checkpointed state, so a resumed run still reports the whole run's.
+        phases["grpo"] = round(phases.get("grpo", 0.0) + time.perf_counter() - t0, 1)
         if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
             save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler, data_state=state,
                             keep_last=tcfg.keep_checkpoints)
+    t0 = time.perf_counter()
     after = evaluate(cfg, model, held_out, eval_env)
+    phases["eval_after"] = round(time.perf_counter() - t0, 1)
+    console.print(f"held-out reward after GRPO: {after['reward']:.3f}  pass rate {after['pass_rate']:.3f}")
     run_log.write("eval", tcfg.steps, after)
     # An ordinary Hugging Face checkpoint (or LoRA adapter) that eval, vLLM or transformers load.
     model.save_pretrained(run_dir / "final")
     tokenizer.save_pretrained(run_dir / "final")
     run_log.close()
     engine.close()
-    summary = {"recipe": cfg.recipe, "env": cfg.env.id, "model": cfg.model.name_or_path, "seed": cfg.seed,
-               "loss": tcfg.loss.loss_type, "steps": tcfg.steps,
-               "eval_reward_before": state["eval_before"]["reward"],
-               "eval_reward_after_sft": state.get("eval_after_sft", {}).get("reward"),
-               "eval_reward_after": after["reward"], "eval_pass_rate_after": after["pass_rate"],
-               "eval_episodes": cfg.trainer.eval_episodes, "wall_s": round(time.perf_counter() - started, 1),
-               "resumed": latest is not None, "final_model": str(run_dir / "final"),
-               "toolgym_version": toolgym.__version__}
+    summary = run_summary(cfg, state, after, latest is not None, run_dir, time.perf_counter() - started)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curve(run_dir)
     return summary
+
+
+def before_grpo(cfg: TrainConfig, run_dir: Path, run_log: RunLog, model: Any, engine: Any, held_out: RolloutWorker,
+                train_env: Any, eval_env: Any, pad_id: int, state: dict[str, Any]) -> None:
+    """A fresh run's first phases, each timed into ``state["phase_s"]``: eval, SFT warm start, eval again."""
+    phases = state["phase_s"]
+    if (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    state["eval_before"] = evaluate(cfg, model, held_out, eval_env)
+    phases["eval_before"] = round(time.perf_counter() - t0, 1)
+    console.print(f"held-out reward before training: {state['eval_before']['reward']:.3f}  "
+                  f"pass rate {state['eval_before']['pass_rate']:.3f}")
+    run_log.write("eval", 0, {**state["eval_before"], "phase_before": 1.0})
+    t0 = time.perf_counter()
+    sft_losses = warm_start(cfg, model, engine, train_env, pad_id)
+    state["sft_final_loss"] = sft_losses[-1] if sft_losses else None
+    if not sft_losses:
+        return
+    sync_weights(engine, model, 0)
+    phases["sft"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    state["eval_after_sft"] = evaluate(cfg, model, held_out, eval_env)
+    phases["eval_after_sft"] = round(time.perf_counter() - t0, 1)
+    console.print(f"held-out reward after SFT warm start: {state['eval_after_sft']['reward']:.3f}  "
+                  f"pass rate {state['eval_after_sft']['pass_rate']:.3f}")
+    run_log.write("eval", 0, state["eval_after_sft"])
+
+
+def run_summary(cfg: TrainConfig, state: dict[str, Any], after: dict[str, float], resumed: bool, run_dir: Path,
+                wall_s: float) -> dict[str, Any]:
+    """``summary.json``: held-out reward and pass rate before training, after SFT and after GRPO, with phase times."""
+    sft_eval = state.get("eval_after_sft", {})
+    return {"recipe": cfg.recipe, "env": cfg.env.id, "model": cfg.model.name_or_path, "seed": cfg.seed,
+            "loss": cfg.trainer.loss.loss_type, "steps": cfg.trainer.steps,
+            "eval_reward_before": state["eval_before"]["reward"],
+            "eval_pass_rate_before": state["eval_before"]["pass_rate"],
+            "eval_reward_after_sft": sft_eval.get("reward"), "eval_pass_rate_after_sft": sft_eval.get("pass_rate"),
+            "eval_reward_after": after["reward"], "eval_pass_rate_after": after["pass_rate"],
+            "eval_episodes": cfg.trainer.eval_episodes, "eval_temperature": cfg.eval_rollout.temperature,
+            "sft_final_loss": state.get("sft_final_loss"), "phase_s": state.get("phase_s", {}),
+            "wall_s": round(wall_s, 1), "resumed": resumed, "final_model": str(run_dir / "final"),
+            "toolgym_version": toolgym.__version__}
 
 
 def reference_model(model: Any, run_dir: Path, resumed: bool) -> Any:
@@ -338,10 +369,19 @@ def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler:
     model.eval()
     (groups, sample_stats), generate_s = grpo.timed(lambda: grpo.collect(worker, tcfg, sampler, rng))
     batch = grpo.build_batch(groups, tcfg, pad_id)
+    # One device for both: a sleeping engine hands its KV cache and weights' memory to the update.
+    sleeps = bool(getattr(engine, "enable_sleep_mode", False))
+    if sleeps:
+        engine.sleep(1)
     update, train_s = grpo.timed(lambda: grpo.policy_update(model, optimizer, batch, tcfg, cfg.rollout.temperature,
                                                             ref_model))
     scheduler.step()
-    sync_weights(engine, model, step)
+    if sleeps:
+        engine.wake_up()
+    if update.get("skipped"):  # the weights did not move: the engine keeps them, under the new version
+        engine.weights_version = step
+    else:
+        sync_weights(engine, model, step)
     return grpo.step_metrics(groups, {**update, **sample_stats}, {"generate_s": generate_s, "train_s": train_s})
 
 

@@ -116,10 +116,13 @@ def _completions(server: OpenAICompatServer, body: dict[str, Any]) -> tuple[int,
 
 
 def _chat(server: OpenAICompatServer, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    from toolgym.rollouts.tokens import ChatFormat
+
     tok = server.engine.tokenizer
-    ids = tok.apply_chat_template(body.get("messages") or [], tools=body.get("tools"), tokenize=False,
-                                  add_generation_prompt=True)
-    c = server.generate(tok.encode(ids, add_special_tokens=False), _params(body))
+    # The rollout worker's own rendering: a template that drops ``tools=`` (SmolLM2's) gets them in
+    # its family's system-message tool prompt, so clients over HTTP see the prompt toolgym trains with.
+    text = ChatFormat(tok, body.get("tools")).render(body.get("messages") or [], True)
+    c = server.generate(tok.encode(text, add_special_tokens=False), _params(body))
     content_ids = c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids
     text = tok.decode(content_ids, skip_special_tokens=False)
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": c.finish_reason}
