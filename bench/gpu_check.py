@@ -22,7 +22,8 @@ def run(engine_overrides: list[str], steps: int = 3) -> dict[str, object]:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from toolgym.trainers.app import register_configs, train
+    from toolgym.trainers.config import register_configs
+    from toolgym.trainers.loop import train
 
     register_configs()
     overrides = ["recipe=smollm2_arithmetic_cpu", "model.dtype=bf16", "model.device=cuda", f"trainer.steps={steps}",

@@ -41,7 +41,7 @@ from toolgym_arithmetic import ArithmeticTasks
 from toolgym.envs.base import ToolEnv
 from toolgym.envs.parsing import ToolCall
 from toolgym.envs.tools import tool
-from toolgym.rollouts.engines import resolve_model
+from toolgym.rollouts.engines import EngineConfig, make_engine
 from toolgym.rollouts.engines.base import SamplingParams
 from toolgym.rollouts.engines.hf import HFEngine
 from toolgym.rollouts.records import Trajectory
@@ -160,14 +160,11 @@ DEFAULTS = {"hf": (32, 32, 7), "vllm": (8, 16, 2)}
 
 
 def build_engine(kind: str, model: str, episodes: int) -> Any:
-    path = resolve_model(model)
-    if kind == "hf":
-        return HFEngine.from_pretrained(path, device="cpu", max_batch_size=episodes)
-    from toolgym.rollouts.engines.vllm import VLLMEngine
-
-    # float32 and eager as in conf/rollout/vllm_cpu.yaml (on a GPU vLLM picks its own dtype)
-    return VLLMEngine(path, dtype="float32", max_model_len=2048, enforce_eager=True, kv_cache_memory_bytes=1 << 30,
-                      max_num_seqs=max(episodes, 8))
+    # vLLM: float32 and eager as in conf/rollout/vllm_cpu.yaml (on a GPU vLLM picks its own dtype)
+    extra = {} if kind == "hf" else {"max_model_len": 2048, "enforce_eager": True, "kv_cache_memory_bytes": 1 << 30,
+                                     "max_num_seqs": max(episodes, 8)}
+    return make_engine(EngineConfig(kind=kind, model=model, device="cpu", dtype="float32" if kind == "vllm" else None,
+                                    max_batch_size=episodes, extra=extra))
 
 
 def measure(engine: Any, args: argparse.Namespace) -> dict[str, Any]:

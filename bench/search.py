@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolgym.envs.search.index import build_index, open_index
-from toolgym.envs.search.remote import HttpBackend
+from toolgym.search.index import build_index, open_index
+from toolgym.search.remote import HttpBackend
 
 _SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sil", "dun", "ae", "qu", "zen", "bri", "hal", "mor", "pel",
               "ost", "ur", "ix", "na", "fe"]
@@ -85,7 +85,7 @@ async def _server_load(url: str, queries: list[str], clients: int, k: int) -> fl
 
 def bench_server(index_dir: Path, engine: str, queries: list[str], clients: int, k: int) -> dict[str, float]:
     """Throughput of a server in its own process (as deployed), loaded by ``clients`` concurrent clients."""
-    proc = subprocess.Popen([sys.executable, "-m", "toolgym.envs.search.cli", "search", "serve", str(index_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "toolgym.search.cli", "search", "serve", str(index_dir),
                              "--engine", engine, "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""

@@ -30,7 +30,7 @@ from toolgym.errors import ToolgymError
 console = Console()
 
 # Optional subcommands contributed by subpackages: (module, function adding the sub-parser).
-_PLUGINS = [("toolgym.rollouts.eval", "add_eval_parser"), ("toolgym.envs.search.cli", "add_subparsers"),
+_PLUGINS = [("toolgym.rollouts.eval", "add_eval_parser"), ("toolgym.search.cli", "add_subparsers"),
             ("toolgym.trainers.report", "add_parser"), ("toolgym.packs", "add_parsers"),
             ("toolgym.rollouts.pretrained", "add_parser")]
 
@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module, fn in _PLUGINS:
         try:
             getattr(importlib.import_module(module), fn)(sub)
-        except (ImportError, AttributeError):
-            continue  # that subsystem is not installed in this build
+        except Exception as exc:  # said out loud: a command that silently vanished looks like a typo
+            print(f"toolgym: the commands of {module} are unavailable: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
     return parser
 
 

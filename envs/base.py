@@ -29,6 +29,7 @@ import gymnasium as gym
 
 from toolgym.aio import run_in_new_thread
 from toolgym.envs.parsing import ParsedTurn, ToolCall, parse_action
+from toolgym.envs.report import ToolOutcome, TurnReport
 from toolgym.envs.spaces import AssistantTurn, Chat
 from toolgym.envs.task import Task, TaskSource
 from toolgym.envs.tools import Tool, ToolResult, as_tool
@@ -45,7 +46,6 @@ class EpisodeState:
     messages: list[dict[str, Any]]
     turn: int = 0
     tokens: int = 0
-    tool_calls: int = 0
     tool_errors: int = 0
     malformed_calls: int = 0
     done: bool = False  # a tool may set this to end the episode (e.g. a ``submit`` tool)
@@ -55,15 +55,10 @@ class EpisodeState:
     resources: dict[str, Any] = field(default_factory=dict)  # sandbox, search client ...
     scratch: dict[str, Any] = field(default_factory=dict)  # env-private per-episode data
 
-
-@dataclass
-class StepOutcome:
-    """What one turn produced, before it is packed into Gymnasium's 5-tuple."""
-
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """Every call of the episode so far: the same list reward functions get as ``tool_calls``."""
+        return self.calls
 
 
 class ToolEnv(gym.Env):
@@ -151,26 +146,32 @@ class ToolEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
         parsed, calls = self._begin_turn(action)
+        busy = self.sandbox_busy_s()
         if all(self._inline(c) for c in calls):
             results = [self._run_inline(c) for c in calls]
         else:
             results = self._run_coroutine(self._run_calls(calls))
-        out = self._end_turn(parsed, calls, results)
-        if out.terminated or out.truncated:
-            self._end_episode()  # scored: give the sandbox/search session back now, not at the next reset
-        return self._observation(), out.reward, out.terminated, out.truncated, out.info
+        report = self._end_turn(parsed, calls, results, busy)
+        return self._step_result(report)
 
     async def astep(self, action: Any) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
         """:meth:`step` for asyncio callers: tool calls of one turn run concurrently."""
         parsed, calls = self._begin_turn(action)
+        busy = self.sandbox_busy_s()
         results = await self._run_calls(calls)
         if self.blocking_rubric:
-            out = await asyncio.to_thread(self._end_turn, parsed, calls, results)
+            report = await asyncio.to_thread(self._end_turn, parsed, calls, results, busy)
         else:
-            out = self._end_turn(parsed, calls, results)
-        if out.terminated or out.truncated:
+            report = self._end_turn(parsed, calls, results, busy)
+        if report.ended:
             await asyncio.to_thread(self._end_episode)  # teardown may block: keep it off the event loop
-        return self._observation(), out.reward, out.terminated, out.truncated, out.info
+        return self._step_result(report)
+
+    def _step_result(self, report: TurnReport) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
+        """Gymnasium's 5-tuple for a finished turn; a turn that ends the episode gives its resources back."""
+        if report.ended:
+            self._end_episode()  # scored: give the sandbox/search session back now, not at the next reset
+        return self._observation(), report.reward, report.terminated, report.truncated, report.to_info()
 
     def close(self) -> None:
         self._end_episode()
@@ -237,41 +238,63 @@ class ToolEnv(gym.Env):
                               error="unknown_tool")
         return None
 
-    def _end_turn(self, parsed: ParsedTurn, calls: list[ToolCall], results: list[ToolResult]) -> StepOutcome:
+    def _end_turn(self, parsed: ParsedTurn, calls: list[ToolCall], results: list[ToolResult],
+                  busy_before: float) -> TurnReport:
         state = self.state
         assert state is not None
         state.turn += 1
-        malformed = sum(r.error in ("parse", "unknown_tool", "bad_arguments") for r in results)
-        state.malformed_calls += malformed
-        state.tool_calls += len(calls)
-        state.tool_errors += sum(not r.ok for r in results)
+        outcomes = [ToolOutcome(name=c.name or "invalid", ok=r.ok, error=r.error, elapsed_s=r.elapsed_s,
+                                chars=len(r.content)) for c, r in zip(calls, results, strict=True)]
+        state.malformed_calls += sum(o.malformed for o in outcomes)
+        state.tool_errors += sum(not o.ok for o in outcomes)
         state.calls.extend(calls)
         for call, result in zip(calls, results, strict=True):
             state.messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name or "invalid",
                                    "content": result.content})
         inputs = {**self.rubric_inputs(state), "turn_calls": calls, "turn_results": results}
-        turn_reward = self.rubric.score_turn(**inputs)
-        state.turn_rewards.append(turn_reward)
-        terminated = state.done or not calls
-        reason = None
-        if not terminated and state.turn >= self.max_turns:
-            reason = "max_turns"
-        elif not terminated and self.max_tokens is not None and state.tokens >= self.max_tokens:
-            reason = "max_tokens"
-        truncated = reason is not None
-        info: dict[str, Any] = {"task_id": state.task.id, "turn": state.turn, "turn_reward": turn_reward,
-                                "tool_calls": len(calls), "tool_errors": sum(not r.ok for r in results),
-                                "malformed_calls": malformed, "total_malformed_calls": state.malformed_calls}
-        reward = turn_reward
-        if terminated or truncated:
+        report = TurnReport(task_id=state.task.id, turn=state.turn, turn_reward=self.rubric.score_turn(**inputs),
+                            terminated=state.done or not calls, tools=outcomes)
+        return self.finish_turn(report, inputs, busy_before)
+
+    def finish_turn(self, report: TurnReport, inputs: dict[str, Any] | None = None,
+                    busy_before: float | None = None) -> TurnReport:
+        """The epilogue every turn goes through; subclasses with their own turn logic call it too.
+
+        Given a report with the turn's reward and the env's own ``terminated``/``truncated``, it applies
+        the turn and token budgets, scores the episode with the rubric when the turn ends it, fills in
+        the step's ``reward`` and the sandbox seconds since ``busy_before`` (:meth:`sandbox_busy_s`).
+        """
+        state = self.state
+        assert state is not None
+        state.turn_rewards.append(report.turn_reward)
+        if not report.ended:
+            if state.turn >= self.max_turns:
+                report.truncated, report.truncated_reason = True, "max_turns"
+            elif self.max_tokens is not None and state.tokens >= self.max_tokens:
+                report.truncated, report.truncated_reason = True, "max_tokens"
+        report.total_malformed_calls = state.malformed_calls
+        report.reward = report.turn_reward
+        if report.ended:
             state.done = True
+            inputs = inputs if inputs is not None else {**self.rubric_inputs(state), "turn_calls": [],
+                                                        "turn_results": []}
             score = self._final_score(inputs)
-            reward += score.reward
-            info.update(final_reward=score.reward, rubric=dict(score.breakdown), answer=inputs["answer"],
-                        truncated_reason=reason)
-            if score.error:
-                info["error"] = ErrorRecord(kind="env", type="VerifierError", message=score.error).to_dict()
-        return StepOutcome(float(reward), bool(terminated), bool(truncated), info)
+            report.final_reward, report.rubric, report.answer = score.reward, dict(score.breakdown), inputs["answer"]
+            report.reward += score.reward
+            if score.error and report.error is None:
+                report.error = ErrorRecord(kind="env", type="VerifierError", message=score.error)
+        if busy_before is not None:
+            report.sandbox_s = self.sandbox_busy_s() - busy_before
+        report.reward = float(report.reward)
+        return report
+
+    def sandbox_busy_s(self) -> float:
+        """Seconds this episode's sandbox sessions have been busy so far (resources with ``busy_s``)."""
+        state = self.state
+        if state is None:
+            return 0.0
+        return float(sum(getattr(r, "busy_s", 0.0) for r in state.resources.values()
+                         if isinstance(getattr(r, "busy_s", None), int | float)))
 
     def _final_score(self, inputs: dict[str, Any]) -> Score:
         try:

@@ -54,8 +54,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from toolgym.envs.base import EpisodeState, StepOutcome, ToolEnv
+from toolgym.envs.base import EpisodeState, ToolEnv
 from toolgym.envs.parsing import parse_action
+from toolgym.envs.report import TurnReport
 from toolgym.envs.task import Task
 from toolgym.envs.tools import Tool
 from toolgym.errors import ConfigError, EnvError, ErrorRecord
@@ -258,8 +259,7 @@ class TextEnv(ToolEnv):
         if self._is_toolgym_turn(action):
             return super().step(action)
         text = self._begin_text_turn(action)
-        out = self._end_text_turn(*self._call_wrapped(text))
-        return self._observation(), out.reward, out.terminated, out.truncated, out.info
+        return self._step_result(self._end_text_turn(*self._call_wrapped(text)))
 
     async def astep(self, action: Any) -> tuple[list[dict[str, Any]], float, bool, bool, dict[str, Any]]:
         if self._is_toolgym_turn(action):
@@ -269,8 +269,7 @@ class TextEnv(ToolEnv):
             result = await asyncio.to_thread(self._call_wrapped, text)
         else:
             result = self._call_wrapped(text)
-        out = self._end_text_turn(*result)
-        return self._observation(), out.reward, out.terminated, out.truncated, out.info
+        return self._step_result(self._end_text_turn(*result))
 
     def close(self) -> None:
         super().close()
@@ -319,42 +318,27 @@ class TextEnv(ToolEnv):
             return "", 0.0, False, True, {}, error.to_record()
 
     def _end_text_turn(self, obs: str, env_reward: float, terminated: bool, truncated: bool,
-                       env_info: dict[str, Any], error: ErrorRecord | None) -> StepOutcome:
+                       env_info: dict[str, Any], error: ErrorRecord | None) -> TurnReport:
         state = self.state
         assert state is not None
         state.turn += 1
         state.scratch["return"] = state.scratch.get("return", 0.0) + env_reward
-        turn_reward = env_reward if self.reward_mode == "turn" else 0.0
-        state.turn_rewards.append(turn_reward)
-        env_flags = {"env_terminated": terminated, "env_truncated": truncated}
         # Terminated wins: GEM's single-turn envs report both flags at once, and a terminal state
         # is what the learner needs to know (no bootstrapping past it).
-        truncated = truncated and not terminated
-        reason = "env_error" if error is not None else ("env" if truncated else None)
-        if not (terminated or truncated):
-            if state.turn >= self.max_turns:
-                truncated, reason = True, "max_turns"
-            elif self.max_tokens is not None and state.tokens >= self.max_tokens:
-                truncated, reason = True, "max_tokens"
-        if obs or not (terminated or truncated):  # the last observation ("You won") is kept if there is one
+        ended_by_env = terminated or truncated or error is not None
+        report = TurnReport(task_id=state.task.id, turn=state.turn,
+                            turn_reward=env_reward if self.reward_mode == "turn" else 0.0,
+                            terminated=terminated, truncated=(truncated or error is not None) and not terminated,
+                            error=error, extra={"env_reward": env_reward, "env_info": env_info,
+                                                "env_terminated": terminated, "env_truncated": truncated})
+        if report.truncated:
+            report.truncated_reason = "env_error" if error is not None else "env"
+        if obs or not (ended_by_env or self._out_of_budget(state)):  # the last observation ("You won") is kept
             state.messages.append(self._observation_message(obs, len(state.messages)))
-        info: dict[str, Any] = {"task_id": state.task.id, "turn": state.turn, "turn_reward": turn_reward,
-                                "env_reward": env_reward, "env_info": env_info, **env_flags, "tool_calls": 0,
-                                "tool_errors": 0,
-                                "malformed_calls": 0, "total_malformed_calls": state.malformed_calls}
-        reward = turn_reward
-        if terminated or truncated:
-            state.done = True
-            inputs = {**self.rubric_inputs(state), "turn_calls": [], "turn_results": []}
-            score = self._final_score(inputs)
-            reward += score.reward
-            info.update(final_reward=score.reward, rubric=dict(score.breakdown), answer=inputs["answer"],
-                        truncated_reason=reason if truncated else None)
-            if error is not None:
-                info["error"] = error.to_dict()
-            elif score.error:
-                info["error"] = ErrorRecord(kind="env", type="VerifierError", message=score.error).to_dict()
-        return StepOutcome(float(reward), bool(terminated), bool(truncated), info)
+        return self.finish_turn(report)
+
+    def _out_of_budget(self, state: EpisodeState) -> bool:
+        return state.turn >= self.max_turns or (self.max_tokens is not None and state.tokens >= self.max_tokens)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _new_wrapped(self) -> Any:

@@ -18,10 +18,6 @@ conversation), and a *harness* that drives the model. toolgym drives the model i
 Not supported: containers (``NEEDS_CONTAINER``), judges (they call a model), user simulators
 and harness-specific stop conditions. Rewards that require a ``runtime`` are skipped by
 verifiers itself when there is none.
-
-In a source checkout, toolgym's own ``verifiers/`` folder can shadow the ``verifiers``
-distribution when the checkout root is on ``sys.path``; :func:`import_verifiers` imports the
-installed distribution regardless.
 """
 
 from __future__ import annotations
@@ -29,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -46,22 +40,15 @@ from toolgym.verifiers.rubric import Rubric
 
 
 def import_verifiers() -> ModuleType:
-    """``verifiers.v1`` from the installed ``verifiers`` distribution, even when shadowed."""
+    """``verifiers.v1`` from the installed ``verifiers`` distribution (a ``ConfigError`` when it is missing)."""
     try:
-        root = Path(distribution("verifiers").locate_file("")).resolve()
+        distribution("verifiers")
     except PackageNotFoundError:
         raise ConfigError("the verifiers adapter needs the 'verifiers' package: pip install verifiers") from None
-    loaded = sys.modules.get("verifiers")
-    if loaded is not None and not Path(getattr(loaded, "__file__", "") or "/").resolve().is_relative_to(root):
-        for name in [n for n in sys.modules if n == "verifiers" or n.startswith("verifiers.")]:
-            del sys.modules[name]  # a folder named verifiers/ was imported instead of the distribution
-    sys.path.insert(0, str(root))
     try:
         return importlib.import_module("verifiers.v1")
     except ImportError as exc:
         raise ConfigError(f"cannot import verifiers.v1 (verifiers >= 0.4 is needed): {exc}") from exc
-    finally:
-        sys.path.remove(str(root))
 
 
 def _run(coro: Any) -> Any:

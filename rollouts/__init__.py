@@ -22,6 +22,7 @@ from toolgym.rollouts.engines import (
     make_engine,
     resolve_model,
 )
+from toolgym.rollouts.metrics import pass_at_k, pass_at_ks, pass_rate, solved, success_threshold
 from toolgym.rollouts.records import (
     SCHEMA_VERSION,
     Cost,
@@ -43,5 +44,6 @@ __all__ = [
     "SCHEMA_VERSION", "ChatFormat", "ChatPrompt", "Completion", "Cost", "DriftEvent", "Engine", "EngineConfig",
     "RolloutConfig", "RolloutRequest", "RolloutWorker", "SamplingParams", "Segment", "Timings", "TokenTrajectory",
     "ToolResultRecord", "Trajectory", "TrajectoryWriter", "Turn", "done_keys", "iter_trajectories",
-    "conversation_tokens", "make_engine", "read_trajectories", "resolve_model", "to_parquet",
+    "conversation_tokens", "make_engine", "pass_at_k", "pass_at_ks", "pass_rate", "read_trajectories",
+    "resolve_model", "solved", "success_threshold", "to_parquet",
 ]

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from toolgym.errors import ConfigError
-from toolgym.rollouts.engines import EngineConfig, make_engine
+from toolgym.rollouts.engines import ENGINE_KINDS, EngineConfig, make_engine
+from toolgym.rollouts.metrics import pass_at_ks, success_threshold
 from toolgym.rollouts.records import Trajectory, TrajectoryWriter, done_keys, read_trajectories
 from toolgym.rollouts.tokens import DRIFT_CHECKS
 from toolgym.rollouts.worker import RolloutConfig, RolloutRequest, RolloutWorker
@@ -63,7 +64,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("env_id", help="environment id, e.g. toolgym/Arithmetic-v0")
     p.add_argument("--model", required=True, help="checkpoint path, hub id, served model name, or 'tiny'")
-    p.add_argument("--engine", choices=("hf", "vllm", "openai"), default="hf")
+    p.add_argument("--engine", choices=ENGINE_KINDS, default="hf")
     p.add_argument("--episodes", type=int, default=20, help="tasks to evaluate (task indices 0..N-1)")
     p.add_argument("--group", type=int, default=1, help="samples per task (pass@k up to k=group)")
     p.add_argument("--out", required=True, help="JSONL file of trajectories (appended; resumable)")
@@ -114,28 +115,13 @@ class EvalSummary:
         return asdict(self)
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples with ``c`` successes (Chen et al., 2021).
-
-    Example:
-        >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), pass_at_k(4, 0, 2)
-        (0.25, 1.0, 0.0)
-    """
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
 def summarize(trajectories: list[Trajectory], threshold: float, env_id: str = "") -> EvalSummary:
     """Summarise episodes (first segment of each) of an eval run."""
     episodes = [t for t in trajectories if t.segment == 0]
     by_task: dict[str, list[Trajectory]] = defaultdict(list)
     for t in episodes:
         by_task[t.task_id].append(t)
-    group = min((len(v) for v in by_task.values()), default=0)
-    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, group) if 1 <= k <= group})
-    passes = {k: statistics.fmean(pass_at_k(len(v), sum(t.reward >= threshold for t in v), k)
-                                  for v in by_task.values()) for k in ks} if by_task else {}
+    passes = pass_at_ks({task: [t.reward for t in v] for task, v in by_task.items()}, threshold)
     rewards = [t.reward for t in episodes]
     errors = Counter(f"{t.error.kind}:{t.error.type}" for t in episodes if t.error)
     truncated = Counter(t.truncated_reason or "unknown" for t in episodes if t.truncated)
@@ -170,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                    "same episode repeatedly; give --temperature 1 for a meaningful pass@k")
     make_env = lambda: toolgym.make(args.env_id, split=args.split, **env_kwargs).unwrapped  # noqa: E731
     probe = make_env()
-    threshold = args.pass_threshold if args.pass_threshold is not None else (probe.reward_bounds[1] or 1.0)
+    threshold = success_threshold(probe, args.pass_threshold)
     n_tasks = min(args.episodes, len(probe.tasks))
     task_ids = [probe.tasks[i].id for i in range(n_tasks)]
     probe.close()

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -306,7 +307,7 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = 1024) -> Any:
 def _corpus(seed: int) -> Iterator[str]:
     """Text the BPE is trained on: every string the built-in envs make the model read or write."""
     template = _jinja(CHAT_TEMPLATE)
-    for messages, tools in _env_chats(random.Random(seed)):
+    for messages, tools in _env_chats():
         yield template.render(messages=messages, tools=tools, add_generation_prompt=False)
     yield from _misc_texts(seed)
 
@@ -320,19 +321,29 @@ def _misc_texts(seed: int) -> Iterator[str]:
         yield f"<think>\nI {rng.choice(_WORDS)} the {rng.choice(_WORDS)}.\n</think>\n\nAnswer: {rng.randint(0, 99)}"
 
 
-def _env_chats(rng: random.Random) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-    """Oracle chats of the built-in envs (prompts, tool calls, tool results, answers)."""
+CORPUS_FILE = Path(__file__).with_name("tiny_corpus.json.gz")
+
+
+def _env_chats() -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Oracle chats of the built-in envs (prompts, tool calls, tool results, answers), as shipped.
+
+    The chats are a file in the package, not read from the installed packs: which packs are
+    installed, or which services (Docker, a search index) a machine has, never changes the tiny
+    tokenizer, so a seeded run is the same everywhere. :func:`write_corpus` regenerates the file.
+    """
+    with gzip.open(CORPUS_FILE, "rt", encoding="utf-8") as f:
+        return [(messages, tools) for messages, tools in json.load(f)]
+
+
+def collect_env_chats(seed: int = 0) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Oracle chats drawn from the built-in packs' envs now (what :func:`write_corpus` freezes)."""
     import toolgym
 
+    rng = random.Random(seed)
     for env_id, spec in toolgym.registered().items():
         if spec.pack not in TOKENIZER_PACKS:
             continue  # other packs (and envs registered by user code) must not change the tiny tokenizer
-        try:
-            env = toolgym.make(env_id, split="train").unwrapped
-        except ImportError:
-            raise  # a built-in env that cannot import is a bug, not a reason for a different vocabulary
-        except Exception:  # an env that needs a service (docker, index) just adds no text
-            continue
+        env = toolgym.make(env_id, split="train").unwrapped
         tools = [t.schema for t in env.tools.values()]
         budget = _ENV_CHARS  # each env gets a similar share, so no env's words crowd out another's
         for i in range(min(len(env.tasks), 400)):
@@ -346,6 +357,17 @@ def _env_chats(rng: random.Random) -> Iterator[tuple[list[dict[str, Any]], list[
         env.close()
 
 
+def write_corpus(path: str | os.PathLike[str] = CORPUS_FILE) -> Path:
+    """Freeze :func:`collect_env_chats` into ``path`` (maintainers: after changing a built-in pack's text,
+    run ``python -c "from toolgym.rollouts.tiny import write_corpus; write_corpus()"`` and bump
+    :data:`TINY_BUILD_VERSION`)."""
+    chats = [[messages, tools] for messages, tools in collect_env_chats()]
+    data = json.dumps(chats, separators=(",", ":")).encode()  # key order kept: the template renders it
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:  # same bytes every time
+        f.write(data)
+    return Path(path)
+
+
 def _jinja(source: str) -> Any:
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
@@ -353,11 +375,9 @@ def _jinja(source: str) -> Any:
 
 
 def corpus_digest(seed: int = 0) -> str:
-    """A short hash of the tokenizer corpus (changes when the built-in envs' text changes)."""
+    """A short hash of the tokenizer corpus (the shipped chats, the template and the seeded extra text)."""
     h = hashlib.sha256(CHAT_TEMPLATE.encode())
-    # Hash the chats rather than their renders: rendering is the slow part of building the corpus.
-    for messages, tools in _env_chats(random.Random(seed)):
-        h.update(json.dumps([messages, tools], sort_keys=True, default=str).encode())
+    h.update(CORPUS_FILE.read_bytes())
     for text in _misc_texts(seed):
         h.update(text.encode())
     return h.hexdigest()[:12]

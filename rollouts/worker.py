@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolgym.aio import run_in_new_thread
+from toolgym.envs.report import ToolOutcome, TurnReport
 from toolgym.errors import ErrorRecord, ModelError, OverlongPromptError, ToolError, ToolgymError
 from toolgym.rollouts.engines.base import ChatPrompt, Completion, Engine, SamplingParams
 from toolgym.rollouts.records import Cost, DriftEvent, Timings, ToolResultRecord, Trajectory, Turn
@@ -242,7 +243,7 @@ class _Episode:
         self.drift: list[DriftEvent] = []
         self.cost = Cost()
         self.timings = Timings(started_at=time.time())
-        self.final_info: dict[str, Any] = {}
+        self.final: TurnReport | None = None  # the report of the step that ended the episode
         self.turn_rewards: list[float] = []
         self.exact = True
         self.error: ErrorRecord | None = None
@@ -300,15 +301,15 @@ class _Episode:
         text = b.add_completion(completion)
         end = len(b.token_ids)
         self.cost.completion_tokens += end - start
-        obs, reward, terminated, truncated, info, env_s = await self._step(text)
+        obs, report, env_s = await self._step(text)
         turn = Turn(index=len(self.turn_rewards), start=start, end=end, env_start=end, env_end=end,
-                    finish_reason=completion.finish_reason, reward=float(reward), env_s=env_s,
-                    generate_s=self._last_generate_s, tool_results=_tool_results(obs, info))
-        self.turn_rewards.append(float(reward))
+                    finish_reason=completion.finish_reason, reward=report.reward, env_s=env_s,
+                    generate_s=self._last_generate_s, tool_results=[_tool_record(t) for t in report.tools])
+        self.turn_rewards.append(report.reward)
         self.messages = obs
-        if terminated or truncated:
-            self.terminated = bool(terminated)
-            self.truncated_reason = info.get("truncated_reason") if truncated else None
+        if report.ended:
+            self.terminated = report.terminated
+            self.truncated_reason = report.truncated_reason if report.truncated else None
             self.segments[-1].turns.append(turn)
             return False
         reply = b.add_env_reply(obs)
@@ -351,7 +352,7 @@ class _Episode:
         self.exact = self.exact and completion.exact
         return completion
 
-    async def _step(self, text: str) -> tuple[Any, float, bool, bool, dict[str, Any], float]:
+    async def _step(self, text: str) -> tuple[Any, TurnReport, float]:
         t = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = await asyncio.wait_for(
@@ -363,17 +364,18 @@ class _Episode:
             raise ToolError(f"environment step took longer than {self.cfg.step_timeout_s}s "
                             "(a tool without its own timeout hung)") from None
         env_s = time.perf_counter() - t
+        report = TurnReport.from_info(info, reward, terminated, truncated)
         self.timings.env_s += env_s
         self.cost.tool_s += env_s
-        self.cost.tool_calls += int(info.get("tool_calls", 0))
-        self.cost.tool_errors += int(info.get("tool_errors", 0))
-        self.cost.malformed_calls = int(info.get("total_malformed_calls", self.cost.malformed_calls))
-        self.cost.sandbox_s += float(info.get("sandbox_s", 0.0))
-        if terminated or truncated:
-            self.final_info = info
-            if info.get("error"):
-                self.error = ErrorRecord(**info["error"])
-        return obs, reward, terminated, truncated, info, env_s
+        self.cost.tool_calls += report.tool_calls
+        self.cost.tool_errors += report.tool_errors
+        self.cost.malformed_calls = max(report.total_malformed_calls, self.cost.malformed_calls)
+        self.cost.sandbox_s += report.sandbox_s
+        if report.ended:
+            self.final = report
+            if report.error is not None:
+                self.error = report.error
+        return obs, report, env_s
 
     def _timeout(self, own: float | None) -> float | None:
         if self.cfg.episode_timeout_s is None:
@@ -394,7 +396,9 @@ class _Episode:
         env_id = getattr(spec, "id", None) or self.worker.env_id
         versions = {"toolgym": _toolgym_version(), "env": env_version, "model": self.worker.model_version,
                     "weights": str(getattr(self.worker.engine, "weights_version", 0)), **_pack_versions(env_id)}
-        reward = float(sum(self.turn_rewards)) if self.error is None or self.final_info else 0.0
+        reward = float(sum(self.turn_rewards)) if self.error is None or self.final is not None else 0.0
+        rubric = dict(self.final.rubric) if self.final is not None else {}
+        final_reward = self.final.final_reward if self.final is not None else None
         out = []
         for i, part in enumerate(self.segments):
             seg = part.segment or Segment([], [], [], 0)
@@ -403,11 +407,11 @@ class _Episode:
                 group_id=self.group_id or self.task_id, sample_index=self.sample_index, segment=i,
                 messages=self.messages, token_ids=seg.token_ids, loss_mask=seg.loss_mask, logprobs=seg.logprobs,
                 prompt_len=seg.prompt_len, turns=part.turns, turn_rewards=[t.reward for t in part.turns],
-                reward=reward, rubric=dict(self.final_info.get("rubric") or {}), terminated=self.terminated,
+                reward=reward, rubric=rubric, terminated=self.terminated,
                 truncated=self.truncated_reason is not None, truncated_reason=self.truncated_reason,
                 error=self.error, attempts=self.attempt, exact=self.exact, drift=list(self.drift),
                 timings=self.timings, cost=self.cost, versions=versions,
-                metadata={"final_reward": self.final_info.get("final_reward"), "segments": len(self.segments)}))
+                metadata={"final_reward": final_reward, "segments": len(self.segments)}))
         return out
 
 
@@ -418,12 +422,9 @@ def _cheap_reset(env: Any) -> bool:
     return isinstance(env, ToolEnv) and type(env).setup_episode is ToolEnv.setup_episode
 
 
-def _tool_results(obs: list[dict[str, Any]], info: dict[str, Any]) -> list[ToolResultRecord]:
-    """The tool messages this step appended (the env reports counts; the messages hold the text)."""
-    n = int(info.get("tool_calls", 0))
-    msgs = [m for m in obs[len(obs) - n:] if m.get("role") == "tool"] if n else []
-    return [ToolResultRecord(name=str(m.get("name", "")), ok=not str(m.get("content", "")).startswith("Error"),
-                             chars=len(str(m.get("content", "")))) for m in msgs]
+def _tool_record(outcome: ToolOutcome) -> ToolResultRecord:
+    return ToolResultRecord(name=outcome.name, ok=outcome.ok, error=outcome.error, elapsed_s=outcome.elapsed_s,
+                            chars=outcome.chars)
 
 
 def _toolgym_version() -> str:

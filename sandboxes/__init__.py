@@ -9,6 +9,11 @@ otherwise), acquire one :class:`ExecutorSandbox` per episode and run code in it:
         sandbox.run("x = 1", mode="repl")         # stateful Python session
         sandbox.run("ls -la", mode="shell")       # shell command
     pool.close()
+
+Environments share one pool per config through a :class:`SandboxPools` holder: one of their own
+(``with SandboxPools() as pools: ...``) or :data:`DEFAULT_POOLS`, the process-wide one behind
+:func:`shared_pool`. The ``python`` and ``shell`` tools and the per-episode mixin are in
+:mod:`toolgym.envs.sandbox_tools`.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from toolgym.sandboxes.protocol import (
     SandboxInfo,
     SandboxPool,
 )
+from toolgym.sandboxes.shared import DEFAULT_POOLS, SandboxPools, close_shared_pools, shared_pool
 
 __all__ = [
-    "DEFAULT_IMAGE", "ExecutorPool", "ExecutorSandbox", "FileResult", "RunMode", "RunResult", "RunStatus", "Sandbox",
-    "SandboxConfig", "SandboxInfo", "SandboxPool", "docker_available", "open_sandbox_pool", "select_backend",
+    "DEFAULT_IMAGE", "DEFAULT_POOLS", "ExecutorPool", "ExecutorSandbox", "FileResult", "RunMode", "RunResult",
+    "RunStatus", "Sandbox", "SandboxConfig", "SandboxInfo", "SandboxPool", "SandboxPools", "close_shared_pools",
+    "docker_available", "open_sandbox_pool", "select_backend", "shared_pool",
 ]

@@ -28,6 +28,8 @@ from toolgym.sandboxes.protocol import FileResult, RunMode, RunResult, RunStatus
 
 log = logging.getLogger(__name__)
 
+CALL_THREADS = 512  # most threads one pool runs async calls in (see ExecutorPool._in_thread)
+
 
 class HostBackend(Protocol):
     """What a backend provides: start, probe and stop one executor host."""
@@ -88,6 +90,7 @@ class ExecutorPool:
         self._counter = itertools.count()
         self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sandbox-start")
         self._stopper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-stop")
+        self._calls: ThreadPoolExecutor | None = None  # the async calls' threads, made on the first one
         self.start_failures = 0
         self.last_start_error = ""
         reaped = backend.reap()
@@ -238,7 +241,7 @@ class ExecutorPool:
         return ExecutorSandbox(self, *self.open_session(timeout))
 
     async def aacquire(self, timeout: float | None = None) -> ExecutorSandbox:
-        return await _in_thread(self.acquire, timeout)
+        return await self._in_thread(self.acquire, timeout)
 
     def release(self, sandbox: ExecutorSandbox) -> None:
         sandbox.close()
@@ -302,18 +305,58 @@ class ExecutorPool:
         with self._lock:
             return [h.handle for h in self._hosts if not h.retired]
 
+    # -- async calls ----------------------------------------------------------------------------
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking call (a run, an acquire, a close) in one of this pool's call threads.
+
+        Async calls block a thread for a whole run (up to its timeout). asyncio's default executor
+        has only a few threads, so a handful of slow runs would stall every other episode's tool
+        calls: each pool has its own wide set of (mostly idle, socket-blocked) threads instead,
+        started on demand and stopped by :meth:`close`. Once the pool is closed, calls (which then
+        return at once: its hosts are gone) use asyncio's default executor.
+        """
+        loop = asyncio.get_running_loop()
+        calls = self._call_threads()
+        if calls is not None:
+            try:
+                future = loop.run_in_executor(calls, fn, *args)
+            except RuntimeError:  # close() shut the threads down since we looked
+                calls = None
+        if calls is None:
+            future = loop.run_in_executor(None, fn, *args)
+        return await future
+
+    def _call_threads(self) -> ThreadPoolExecutor | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._calls is None:
+                # threads start only as concurrent calls need them; the bound is for a large batch
+                self._calls = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="sandbox-call")
+            return self._calls
+
+    # -- life-cycle -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a closed pool hands out no sessions)."""
+        return self._closed
+
     def close(self) -> None:
-        """Stop every host; idempotent."""
+        """Stop every host and this pool's threads; idempotent. Other pools are not affected."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             hosts, self._hosts = self._hosts, []
+            calls, self._calls = self._calls, None
             self._lock.notify_all()
         self._starter.shutdown(wait=True)
         for host in hosts:
             self._stop(host)
         self._stopper.shutdown(wait=True)
+        if calls is not None:
+            # Calls still in flight end on their own now that their hosts are gone; do not wait.
+            calls.shutdown(wait=False)
         self.backend_impl.close()
 
     def __enter__(self) -> ExecutorPool:
@@ -321,16 +364,6 @@ class ExecutorPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# Async calls block a thread for a whole run (up to its timeout). asyncio's default executor has
-# only a few threads, so a handful of slow runs would stall every other episode's tool calls: the
-# sandbox uses its own wide pool of (mostly idle, socket-blocked) threads instead.
-_THREADS = ThreadPoolExecutor(max_workers=512, thread_name_prefix="sandbox-call")
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(_THREADS, fn, *args)
 
 
 def _encode_files(files: dict[str, bytes | str] | None) -> dict[str, str] | None:
@@ -354,6 +387,7 @@ class ExecutorSandbox:
         self._lock = threading.Lock()
         self._closed = False
         self.info = self._info(host, opened)
+        self.busy_s = 0.0  # host-side seconds spent in runs and file operations (the trajectory's sandbox_s)
 
     def _info(self, host: _Host, opened: dict[str, Any]) -> SandboxInfo:
         return SandboxInfo(backend=self._pool.backend, host_id=host.handle.host_id,
@@ -402,6 +436,7 @@ class ExecutorSandbox:
         start = time.perf_counter()
         with self._lock:
             reply, note = self._request(payload, timeout + cfg.grace_s)
+            self.busy_s += time.perf_counter() - start
         if reply is None:
             return RunResult.lost(note, time.perf_counter() - start)
         if not reply.get("ok"):
@@ -414,9 +449,9 @@ class ExecutorSandbox:
 
     async def arun(self, code: str, *, mode: RunMode = "python", stdin: str | None = None,
                    timeout: float | None = None, files: dict[str, bytes | str] | None = None) -> RunResult:
-        """Async :meth:`run` (runs in a worker thread, so the event loop stays free)."""
-        return await _in_thread(functools.partial(self.run, code, mode=mode, stdin=stdin, timeout=timeout,
-                                                  files=files))
+        """Async :meth:`run` (runs in one of the pool's call threads, so the event loop stays free)."""
+        call = functools.partial(self.run, code, mode=mode, stdin=stdin, timeout=timeout, files=files)
+        return await self._pool._in_thread(call)
 
     # -- files ----------------------------------------------------------------------------------
     def put_file(self, path: str, data: bytes | str, mode: int | None = None) -> FileResult:
@@ -430,8 +465,10 @@ class ExecutorSandbox:
         return self._file({"op": "get", "path": path, "max_bytes": max_bytes or (64 << 20)})
 
     def _file(self, payload: dict[str, Any]) -> FileResult:
+        start = time.perf_counter()
         with self._lock:
             reply, note = self._request(payload, 30.0 + self._pool.config.grace_s)
+            self.busy_s += time.perf_counter() - start
         if reply is None:
             return FileResult(ok=False, error=f"sandbox_lost: {note}")
         res = reply.get("file") or {"ok": False, "error": reply.get("error", "file operation failed")}
@@ -457,7 +494,7 @@ class ExecutorSandbox:
             self._pool._give_back(host, conn)
 
     async def aclose(self) -> None:
-        await _in_thread(self.close)
+        await self._pool._in_thread(self.close)
 
     def __enter__(self) -> ExecutorSandbox:
         return self

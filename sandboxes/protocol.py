@@ -97,6 +97,7 @@ class Sandbox(Protocol):
     """One episode's sandbox session: runs, files, reset, close. Thread-safe, one call at a time."""
 
     info: SandboxInfo
+    busy_s: float  # seconds spent in runs and file operations so far (waiting for the lock included)
 
     def run(self, code: str, *, mode: RunMode = "python", stdin: str | None = None,
             timeout: float | None = None, files: dict[str, bytes | str] | None = None) -> RunResult: ...

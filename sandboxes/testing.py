@@ -2,7 +2,8 @@
 
 ``require_docker()`` makes a Docker test fail under ``CI=true`` and skip elsewhere when no engine
 answers, so CI never passes by skipping; ``small_config()`` sizes a pool for fast tests on a
-small machine. Needs pytest (imported when called, so importing this module costs nothing).
+small machine and ``open_pool()`` opens a ready one. Needs pytest (imported when called, so
+importing this module costs nothing). toolgym's own pool fixtures are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from toolgym.sandboxes.config import SandboxConfig
-from toolgym.sandboxes.factory import docker_available
+from toolgym.sandboxes.factory import docker_available, open_sandbox_pool
+from toolgym.sandboxes.pool import ExecutorPool
 
 
 def in_ci(environ: Mapping[str, str] | None = None) -> bool:
@@ -48,3 +50,18 @@ def small_config(backend: str, **overrides: Any) -> SandboxConfig:
                                 workdir_mb=32, file_size_mb=8, orphan_grace_s=10.0)
     base.update(overrides)
     return SandboxConfig(**base)
+
+
+def open_pool(backend: str, **overrides: Any) -> ExecutorPool:
+    """A ready test pool (:func:`small_config` limits); ``"local-process"`` is the local backend without bubblewrap.
+
+    ``"docker"`` calls :func:`require_docker` first, so it skips (or fails under ``CI=true``) without an engine.
+    """
+    if backend == "docker":
+        require_docker()
+    if backend == "local-process":
+        backend, overrides = "local", {"local_use_bwrap": False, **overrides}
+    pool = open_sandbox_pool(small_config(backend, **overrides))
+    assert pool.backend == backend
+    pool.wait_ready()
+    return pool

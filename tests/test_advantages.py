@@ -15,7 +15,8 @@ from trl.trainer.rloo_trainer import RLOOTrainer
 from trl.trainer.utils import nanstd as trl_nanstd
 
 import toolgym.trainers.advantages as advantages_module
-from toolgym.errors import ConfigError
+from toolgym.errors import ConfigError, ErrorRecord
+from toolgym.rollouts.records import Trajectory, Turn
 from toolgym.trainers.advantages import (
     ADVANTAGES,
     batch_normalize,
@@ -23,12 +24,15 @@ from toolgym.trainers.advantages import (
     dynamic_sampling_filter,
     kl_penalized_rewards,
     leave_one_out,
+    leave_one_out_defined,
     mask_truncated,
     nanstd,
     returns_to_go,
     soft_overlong_penalty,
     turn_level_advantages,
+    whitened_leave_one_out,
 )
+from toolgym.trainers.grpo import TrainerConfig, token_advantages
 
 NAN = float("nan")
 
@@ -95,11 +99,25 @@ def test_leave_one_out_matches_trl_rloo(seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_normalized_rloo_matches_trl(seed):
-    rewards = rewards_batch(seed)
-    rewards[2] = torch.tensor([0.0, 1.0, NAN, 0.5])  # every group keeps a scorable pair
-    got = batch_normalize(leave_one_out(rewards), valid=~torch.isnan(rewards))
-    torch.testing.assert_close(got, trl_rloo_advantages(rewards, normalize=True))
+@pytest.mark.parametrize("lone_rollout", [False, True])
+def test_normalized_rloo_matches_trl(seed, lone_rollout):
+    rewards = rewards_batch(seed)  # group 2 has a single scorable rollout
+    if not lone_rollout:
+        rewards[2] = torch.tensor([0.0, 1.0, NAN, 0.5])
+    expected = trl_rloo_advantages(rewards, normalize=True)
+    torch.testing.assert_close(whitened_leave_one_out(rewards), expected)
+    torch.testing.assert_close(compute_advantages(rewards, "rloo_normalized"), expected)
+    got = batch_normalize(leave_one_out(rewards), valid=leave_one_out_defined(rewards))
+    torch.testing.assert_close(got, expected)
+
+
+def test_whitening_leaves_a_lone_rollout_out_of_the_statistics():
+    """Leave-one-out over one rollout is undefined: advantage 0, and no 0 enters the batch mean/std."""
+    rewards = torch.tensor([[1.0, 0.0, 0.0], [5.0, NAN, NAN]])
+    loo = leave_one_out(rewards[:1])  # the only defined advantages: [1, -0.5, -0.5]
+    expected = torch.cat([(loo - loo.mean()) / (loo.std() + 1e-4), torch.zeros(1, 3)])
+    torch.testing.assert_close(whitened_leave_one_out(rewards), expected)
+    assert leave_one_out_defined(rewards).tolist() == [[True, True, True], [False, False, False]]
 
 
 def test_kl_penalized_rewards_match_trl_rloo():
@@ -117,6 +135,57 @@ def test_nanstd_matches_trl():
     x = rewards_batch(1)
     torch.testing.assert_close(nanstd(x, dim=1), trl_nanstd(x, dim=1), equal_nan=True)
     torch.testing.assert_close(nanstd(x), trl_nanstd(x))
+
+
+# ---- the trainer's call: every group of the step at once ---------------------------------------
+def trajectories(rewards: torch.Tensor, turns: int = 1) -> list[list[Trajectory]]:
+    """Groups of ``turns``-turn trajectories with the given outcome rewards (NaN: a failed episode)."""
+    groups = []
+    for i, row in enumerate(rewards.tolist()):
+        group = []
+        for j, r in enumerate(row):
+            spans = [Turn(index=k, start=1 + 3 * k, end=3 + 3 * k, env_start=3 + 3 * k, env_end=4 + 3 * k)
+                     for k in range(turns)]
+            mask = [0] + [1, 1, 0] * turns
+            failed = r != r
+            group.append(Trajectory(env_id="e", task_id=f"t{i}", group_id=f"t{i}", sample_index=j,
+                                    token_ids=list(range(len(mask))), loss_mask=mask, logprobs=[0.0] * len(mask),
+                                    prompt_len=1, reward=0.0 if failed else r,
+                                    turn_rewards=[0.0] * (turns - 1) + [0.0 if failed else r], turns=spans,
+                                    error=ErrorRecord("model", "ModelError", "x") if failed else None))
+        groups.append(group)
+    return groups
+
+
+@pytest.mark.parametrize("per_turn", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_trainer_batch_std_spans_every_group_of_the_step(seed, per_turn):
+    """``grpo_batch_std`` in the trainer: group-centred rewards / std of the whole step's rewards (TRL "batch")."""
+    rewards = rewards_batch(seed, groups=5, g=4)
+    adv = token_advantages(trajectories(rewards), TrainerConfig(advantage="grpo_batch_std", per_turn=per_turn))
+    got = torch.tensor([a[1] for a in adv]).reshape(rewards.shape)  # token 1: the first sampled token
+    torch.testing.assert_close(got, trl_grpo_advantages(rewards, scale_rewards="batch"))
+
+
+@pytest.mark.parametrize("per_turn", [False, True])
+def test_trainer_whitening_spans_every_group_of_the_step(per_turn):
+    rewards = rewards_batch(2, groups=5, g=4)
+    adv = token_advantages(trajectories(rewards), TrainerConfig(advantage="rloo_normalized", per_turn=per_turn))
+    got = torch.tensor([a[1] for a in adv]).reshape(rewards.shape)
+    torch.testing.assert_close(got, trl_rloo_advantages(rewards, normalize=True))
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("per_turn", [False, True])
+def test_unequal_group_sizes_give_each_group_its_own_advantages(estimator, per_turn):
+    """Short groups are padded with NaN: a group-wise estimator gives what it gives the group alone."""
+    rewards = rewards_batch(4, groups=3, g=4)
+    groups = trajectories(rewards, turns=2)
+    groups[1] = groups[1][:2]
+    cfg = TrainerConfig(advantage=estimator, per_turn=per_turn)
+    together = [x for a in token_advantages(groups, cfg) for x in a]
+    alone = [x for g in groups for a in token_advantages([g], cfg) for x in a]
+    assert together == pytest.approx(alone, abs=1e-6)
 
 
 def test_unscorable_rollouts_get_zero_and_do_not_shift_the_baseline():

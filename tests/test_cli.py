@@ -86,3 +86,13 @@ def test_bad_subcommand_exits_nonzero():
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code != 0
+
+
+def test_a_command_module_that_fails_to_import_is_reported(monkeypatch, capsys):
+    from toolgym import cli
+
+    monkeypatch.setattr(cli, "_PLUGINS", [*cli._PLUGINS, ("toolgym.no_such_module", "add_parser")])
+    parser = cli.build_parser()
+    err = capsys.readouterr().err
+    assert "toolgym.no_such_module are unavailable: ModuleNotFoundError" in err
+    assert parser.parse_args(["envs"]).command == "envs"  # the other commands still work

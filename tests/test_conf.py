@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from toolgym.trainers.app import TrainConfig, register_configs
+from toolgym.trainers.config import TrainConfig, register_configs
 from toolgym.trainers.losses import LOSSES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -14,7 +14,8 @@ import toolgym
 SKIP = {"toolgym.sandboxes.executor"}  # runs inside the sandbox image, not importable as a library module
 
 
-SUBPACKAGES = ["toolgym.envs", "toolgym.verifiers", "toolgym.sandboxes", "toolgym.rollouts", "toolgym.trainers"]
+SUBPACKAGES = ["toolgym.envs", "toolgym.verifiers", "toolgym.sandboxes", "toolgym.search", "toolgym.rollouts",
+               "toolgym.trainers"]
 # the built-in packs (packs/): their import packages, found through the entry points they declare
 PACKS = sorted({ep.value.split(":")[0].split(".")[0] for ep in entry_points(group="toolgym.envs")})
 

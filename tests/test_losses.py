@@ -177,16 +177,30 @@ SCENARIOS = {
 }
 METRICS = {"clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "kl",
            "cispo_clip_ratio", "vespo/phi_seq_mean"}
+# Metrics of sequence-level weights: ours count each sequence once. TRL token-weights them when the
+# advantages are [B, L]; tests/test_loss_semantics.py checks them for that case.
+SEQUENCE_METRICS = METRICS - {"kl"}
+CISPO_CAP = 1.28  # clip-higher for CISPO: its epsilon_high is the cap itself, so 1 + 0.28
+
+
+def scenario_config(loss_type: str, scenario: str, **extra) -> LossConfig:
+    """The scenario's options for ``loss_type``; CISPO reads DAPO's clip-higher 0.28 as the cap 1.28."""
+    options = {**SCENARIOS[scenario], **extra}
+    if loss_type == "cispo" and options.get("epsilon_high") is not None:
+        options["epsilon_high"] += 1.0
+    return LossConfig(loss_type=loss_type, **options)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 @pytest.mark.parametrize("loss_type", TRL_LOSSES)
 @pytest.mark.parametrize("token_advantages", [False, True])
 def test_matches_trl_grpo_trainer(loss_type, scenario, token_advantages):
-    cfg = LossConfig(loss_type=loss_type, max_completion_length=L, **SCENARIOS[scenario])
+    cfg = scenario_config(loss_type, scenario, max_completion_length=L)
     batch = make_batch(seed=len(scenario) + 7 * token_advantages, token_advantages=token_advantages)
     level = "sequence" if loss_type == "luspo" else "token"  # each loss's own default level
-    assert_same(ours(cfg, batch, batch.mask), trl_grpo(cfg, loss_type, level, batch), METRICS)
+    per_sequence = token_advantages and (level == "sequence" or loss_type == "vespo")
+    metrics = METRICS - SEQUENCE_METRICS if per_sequence else METRICS
+    assert_same(ours(cfg, batch, batch.mask), trl_grpo(cfg, loss_type, level, batch), metrics)
 
 
 @pytest.mark.parametrize(("loss_type", "level"), [*((t, "sequence") for t in ["grpo", "dapo", "sapo", "cispo",
@@ -194,7 +208,7 @@ def test_matches_trl_grpo_trainer(loss_type, scenario, token_advantages):
                                                    ("luspo", "token")])
 @pytest.mark.parametrize("scenario", ["plain", "clip_higher_kl", "sequence_mask_opsm", "token_mask"])
 def test_non_default_ratio_level_matches_trl(loss_type, level, scenario):
-    cfg = LossConfig(loss_type=loss_type, importance_sampling_level=level, **SCENARIOS[scenario])
+    cfg = scenario_config(loss_type, scenario, importance_sampling_level=level)
     batch = make_batch(seed=3)
     assert_same(ours(cfg, batch, batch.mask), trl_grpo(cfg, loss_type, level, batch), METRICS)
 
@@ -217,7 +231,8 @@ def test_rloo_matches_trl_rloo_trainer(epsilon_high):
 @pytest.mark.parametrize("loss_type", TRL_LOSSES)
 def test_step_totals_match_trl_under_gradient_accumulation(loss_type):
     """One micro-batch of a 3-micro-batch step: our BatchTotals reproduce TRL's normalisers."""
-    cfg = LossConfig(loss_type=loss_type, max_completion_length=L, epsilon_high=0.28, beta=0.01,
+    cfg = LossConfig(loss_type=loss_type, max_completion_length=L, beta=0.01,
+                     epsilon_high=CISPO_CAP if loss_type == "cispo" else 0.28,
                      sampler_is_mode="token_truncate", sampler_is_clip_max=1.5)
     batch = make_batch(seed=2)
     step_tokens = float(batch.mask.sum()) + 40.0  # the other micro-batches' tokens
@@ -277,8 +292,8 @@ def _ga_data(seed: int = 0) -> SimpleNamespace:
 
 @pytest.mark.parametrize("loss_type", sorted(set(LOSSES) - {"bnpo"}))
 def test_gradient_accumulation_is_exact(loss_type):
-    cfg = LossConfig(loss_type=loss_type, epsilon_high=0.28, beta=0.05, sampler_is_mode="token_truncate",
-                     sampler_is_clip_max=2.0, max_completion_length=L)
+    cfg = LossConfig(loss_type=loss_type, epsilon_high=CISPO_CAP if loss_type == "cispo" else 0.28, beta=0.05,
+                     sampler_is_mode="token_truncate", sampler_is_clip_max=2.0, max_completion_length=L)
     data, policy = _ga_data(), TinyPolicy()
     full = _accumulated_grad(policy, cfg, data, micro_batches=1)
     assert full.abs().sum() > 0

@@ -22,11 +22,12 @@ def test_wheel_has_only_toolgym_at_the_top(tmp_path):
     assert tops == {"toolgym"}
     for module in ("toolgym/envs/base.py", "toolgym/verifiers/rubric.py", "toolgym/rollouts/worker.py",
                    "toolgym/rollouts/engines/hf.py", "toolgym/trainers/grpo.py", "toolgym/sandboxes/__init__.py",
-                   "toolgym/envs/search/__init__.py", "toolgym/conf/train.yaml", "toolgym/conf/recipe/optuna_lr.yaml"):
+                   "toolgym/search/__init__.py", "toolgym/envs/search_tools.py", "toolgym/envs/sandbox_tools.py",
+                   "toolgym/conf/train.yaml", "toolgym/conf/recipe/optuna_lr.yaml"):
         assert module in names, module
     mapping = {"core": "toolgym", "envs": "toolgym/envs", "verifiers": "toolgym/verifiers",
                "rollouts": "toolgym/rollouts", "trainers": "toolgym/trainers", "sandboxes": "toolgym/sandboxes",
-               "conf": "toolgym/conf"}
+               "search": "toolgym/search", "conf": "toolgym/conf"}
     for folder, prefix in mapping.items():
         for path in (ROOT / folder).rglob("*.py"):
             if "__pycache__" not in path.parts:

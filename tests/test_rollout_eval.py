@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from toolgym.rollouts.eval import add_eval_parser, pass_at_k, summarize
+from toolgym.rollouts.eval import add_eval_parser, summarize
+from toolgym.rollouts.metrics import pass_at_k
 from toolgym.rollouts.records import DriftEvent, Trajectory, read_trajectories
 
 

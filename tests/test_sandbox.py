@@ -11,12 +11,12 @@ import textwrap
 import time
 
 import pytest
-from conftest_docker import any_pool, docker_pool, local_pool, open_pool, require_docker  # noqa: F401
 
 from toolgym.sandboxes import RunResult, RunStatus, Sandbox, SandboxConfig, SandboxPool, select_backend
+from toolgym.sandboxes.testing import open_pool, require_docker
 
 
-def test_run_python_and_status(any_pool):  # noqa: F811
+def test_run_python_and_status(any_pool):
     with any_pool.acquire() as sb:
         assert isinstance(sb, Sandbox)
         ok = sb.run("print(6 * 7)")
@@ -30,7 +30,7 @@ def test_run_python_and_status(any_pool):  # noqa: F811
         assert files.stdout == "hello\n"
 
 
-def test_each_run_is_a_fresh_process(any_pool):  # noqa: F811
+def test_each_run_is_a_fresh_process(any_pool):
     with any_pool.acquire() as sb:
         first = sb.run("import os; x = 1; print(os.getpid())")
         second = sb.run("import os; print(os.getpid(), 'x' in globals())")
@@ -39,7 +39,7 @@ def test_each_run_is_a_fresh_process(any_pool):  # noqa: F811
         assert first.stdout.split()[0] != second.stdout.split()[0]
 
 
-def test_repl_keeps_state_within_an_episode_only(any_pool):  # noqa: F811
+def test_repl_keeps_state_within_an_episode_only(any_pool):
     with any_pool.acquire() as a, any_pool.acquire() as b:
         assert a.run("total = 40", mode="repl").ok
         assert a.run("total += 2\nprint(total)", mode="repl").stdout == "42\n"
@@ -50,7 +50,7 @@ def test_repl_keeps_state_within_an_episode_only(any_pool):  # noqa: F811
         assert a.run("print(total)", mode="repl").stdout == "42\n"
 
 
-def test_repl_timeout_restarts_the_session(any_pool):  # noqa: F811
+def test_repl_timeout_restarts_the_session(any_pool):
     with any_pool.acquire() as sb:
         sb.run("keep = 1", mode="repl")
         slow = sb.run("while True: pass", mode="repl", timeout=0.5)
@@ -59,7 +59,7 @@ def test_repl_timeout_restarts_the_session(any_pool):  # noqa: F811
         assert after.ok and after.stdout == "False\n"
 
 
-def test_shell_and_files(any_pool):  # noqa: F811
+def test_shell_and_files(any_pool):
     with any_pool.acquire() as sb:
         res = sb.run("echo hi && echo oops >&2 && exit 4", mode="shell")
         assert res.stdout == "hi\n" and res.stderr == "oops\n" and res.exit_code == 4
@@ -72,7 +72,7 @@ def test_shell_and_files(any_pool):  # noqa: F811
         assert not missing.ok and "FileNotFoundError" in missing.error
 
 
-def test_reset_and_reuse_give_a_clean_sandbox(any_pool):  # noqa: F811
+def test_reset_and_reuse_give_a_clean_sandbox(any_pool):
     sb = any_pool.acquire()
     sb.put_file("secret.txt", "episode-1")
     sb.run("x = 1", mode="repl")
@@ -86,7 +86,7 @@ def test_reset_and_reuse_give_a_clean_sandbox(any_pool):  # noqa: F811
             assert nxt.run("import os; print(os.listdir('.'))").stdout == "[]\n"
 
 
-def test_timeout_and_output_cap(any_pool):  # noqa: F811
+def test_timeout_and_output_cap(any_pool):
     with any_pool.acquire() as sb:
         start = time.monotonic()
         res = sb.run("import time; time.sleep(60)", timeout=0.5)
@@ -98,7 +98,7 @@ def test_timeout_and_output_cap(any_pool):  # noqa: F811
         assert sb.run("print('fine')").stdout == "fine\n"
 
 
-def test_async_api(any_pool):  # noqa: F811
+def test_async_api(any_pool):
     async def episode(i: int) -> str:
         sb = await any_pool.aacquire()
         try:
@@ -154,12 +154,12 @@ def test_select_backend_explicit_and_bad():
         select_backend(SandboxConfig(backend="podman"))  # type: ignore[arg-type]
 
 
-def test_pools_satisfy_the_protocol(local_pool):  # noqa: F811
+def test_pools_satisfy_the_protocol(local_pool):
     assert isinstance(local_pool, SandboxPool)
 
 
 @pytest.mark.docker
-def test_docker_container_is_hardened(docker_pool):  # noqa: F811
+def test_docker_container_is_hardened(docker_pool):
     import docker
 
     handle = docker_pool.handles()[0]
@@ -218,10 +218,9 @@ def test_sigkilled_owner_leaves_no_container():
 
     require_docker()
     script = textwrap.dedent("""
-        import sys, time
-        sys.path.insert(0, sys.argv[1])
-        from conftest_docker import small_config
+        import time
         from toolgym.sandboxes import open_sandbox_pool
+        from toolgym.sandboxes.testing import small_config
         pool = open_sandbox_pool(small_config("docker", orphan_grace_s=2.0))
         pool.wait_ready()
         sb = pool.acquire()
@@ -229,8 +228,7 @@ def test_sigkilled_owner_leaves_no_container():
         print("ready", flush=True)
         time.sleep(600)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script, os.path.dirname(__file__)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         assert len(_containers_of(proc.pid)) >= 2

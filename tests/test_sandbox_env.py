@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest_docker import any_pool, require_docker, small_config  # noqa: F401
 from toolgym_python_code import TASKS, PythonCodeEnv, extract_code, run_hidden_tests
 
-from toolgym.sandboxes.tools import python, shell
+from toolgym.envs.sandbox_tools import python, shell
+from toolgym.sandboxes.testing import require_docker, small_config
 
 
 def _call(name: str, **arguments: str) -> str:
@@ -16,7 +16,7 @@ def _call(name: str, **arguments: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env_pair(any_pool):  # noqa: F811
+def env_pair(any_pool):
     train = PythonCodeEnv(split="train", sandbox_pool=any_pool)
     evals = PythonCodeEnv(split="eval", sandbox_pool=any_pool)
     yield train, evals
@@ -74,7 +74,7 @@ def test_next_episode_starts_clean(env_pair):
     assert obs[-1]["content"] == "False []\n"
 
 
-def test_wrong_fake_and_missing_answers_score_less(env_pair, any_pool):  # noqa: F811
+def test_wrong_fake_and_missing_answers_score_less(env_pair, any_pool):
     env = env_pair[0]
     task = env.tasks.by_id("pycode-add")
     env.reset(options={"task_id": task.id})
@@ -94,7 +94,7 @@ def test_wrong_fake_and_missing_answers_score_less(env_pair, any_pool):  # noqa:
 def test_conformance_checks_pass(backend):
     import toolgym
     from toolgym.envs.conformance import run_checks
-    from toolgym.sandboxes.tools import close_shared_pools
+    from toolgym.sandboxes import close_shared_pools
 
     if backend == "docker":
         require_docker()
@@ -107,7 +107,7 @@ def test_conformance_checks_pass(backend):
     assert report.passed, [(r.name, r.detail) for r in report.results if not r.passed]
 
 
-def test_hidden_tests_need_a_self_contained_solution(any_pool):  # noqa: F811
+def test_hidden_tests_need_a_self_contained_solution(any_pool):
     task = next(t for t in TASKS if t.name == "add")
     tests = [list(t) for t in task.tests]
     with any_pool.acquire() as sb:

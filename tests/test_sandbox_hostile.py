@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest_docker import any_pool, open_pool  # noqa: F401
 
 from toolgym.sandboxes import ExecutorPool, RunStatus
+from toolgym.sandboxes.testing import open_pool
 
 S = RunStatus
 COUNT_MY_OTHER_PROCESSES = (
@@ -164,7 +164,7 @@ def _attack(pool: ExecutorPool, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_code(any_pool, case):  # noqa: F811
+def test_hostile_code(any_pool, case):
     _skip_if_not_isolated(case, any_pool)
     _attack(any_pool, case)
 
@@ -251,7 +251,7 @@ NOTHING_OF_EARLIER_RUNS_WRITES = (
 )
 
 
-def test_a_faked_status_report_carries_no_process_into_the_next_run(any_pool):  # noqa: F811
+def test_a_faked_status_report_carries_no_process_into_the_next_run(any_pool):
     """Code can forge its run's "finished" report: the run is answered at once and its own final
     sweep never runs. A process it left behind must still be gone before the next run's code starts."""
     case = Case("fake_status", FAKE_STATUS_THEN_LINGER, frozenset({S.OK, S.TIMEOUT}), needs_root_locally=True)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from toolgym.envs.search import (
+from toolgym.envs.search_tools import open_document, search
+from toolgym.errors import ConfigError
+from toolgym.search import (
     IndexCorruptError,
     IndexNotFoundError,
     QueryError,
@@ -17,13 +19,10 @@ from toolgym.envs.search import (
     SearchConfig,
     SearchSession,
     build_index,
-    open_document,
     open_index,
-    search,
 )
-from toolgym.envs.search.cache import ResultCache
-from toolgym.envs.search.text import MAX_QUERY_CHARS, query_terms, snippet, window
-from toolgym.errors import ConfigError
+from toolgym.search.cache import ResultCache
+from toolgym.search.text import MAX_QUERY_CHARS, query_terms, snippet, window
 
 DOCS = [
     {"id": "vorlex", "title": "Vorlex Dynamics", "text": "Vorlex Dynamics is a shipbuilder founded in 1901 by "
@@ -338,7 +337,7 @@ class ToyRanker:
 
 
 def test_plug_in_engine(tmp_path):
-    from toolgym.envs.search import ENGINES, register_engine
+    from toolgym.search import ENGINES, register_engine
 
     register_engine("toy", ToyRanker)
     try:

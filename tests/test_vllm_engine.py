@@ -336,9 +336,10 @@ def test_colocated_training_syncs_lora_weights_every_step(engine, tmp_path, monk
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from toolgym.trainers import app
+    from toolgym.trainers import loop
+    from toolgym.trainers.config import register_configs
 
-    app.register_configs()
+    register_configs()
     with initialize_config_module(config_module="toolgym.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             "recipe=smollm2_arithmetic_cpu", "rollout=vllm_cpu", "trainer.steps=2", "trainer.tasks_per_step=2",
@@ -354,9 +355,9 @@ def test_colocated_training_syncs_lora_weights_every_step(engine, tmp_path, monk
         policy["model"] = model
         return shared
 
-    monkeypatch.setattr(app, "make_engine", make_engine)
+    monkeypatch.setattr(loop, "make_engine", make_engine)
     start_version = engine.weights_version  # earlier tests' updates
-    summary = app.train(typed, tmp_path)
+    summary = loop.train(typed, tmp_path)
 
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]

@@ -75,6 +75,9 @@ def batch_std_normalized(rewards: Tensor) -> Tensor:
 def leave_one_out(rewards: Tensor) -> Tensor:
     """RLOO: ``r_i - mean of the other scorable rollouts of the group`` (unbiased baseline).
 
+    A rollout without a scorable sibling has no baseline (leave-one-out over one value is
+    undefined) and gets 0; :func:`leave_one_out_defined` says which rollouts have one.
+
     Example:
         >>> leave_one_out(torch.tensor([[1.0, 0.0, 0.5]]))
         tensor([[ 0.7500, -0.7500,  0.0000]])
@@ -86,13 +89,27 @@ def leave_one_out(rewards: Tensor) -> Tensor:
     return torch.nan_to_num(rewards - baseline, nan=0.0)
 
 
+def leave_one_out_defined(rewards: Tensor) -> Tensor:
+    """Which rollouts have a leave-one-out baseline: scorable, with at least one scorable sibling.
+
+    Example:
+        >>> leave_one_out_defined(torch.tensor([[1.0, 0.0, float("nan")], [1.0, float("nan"), float("nan")]]))
+        tensor([[ True,  True, False],
+                [False, False, False]])
+    """
+    scorable = ~torch.isnan(rewards)  # [N, G]
+    return scorable & (scorable.sum(dim=1, keepdim=True) > 1)
+
+
 def batch_normalize(advantages: Tensor, valid: Tensor | None = None) -> Tensor:
     """Whiten advantages over the batch (TRL RLOO ``normalize_advantages=True``).
 
     Args:
         advantages: Any shape.
-        valid: Same shape, False for entries to leave out of the statistics and set to 0
-            (TRL leaves unscorable rollouts out); None uses every entry.
+        valid: Same shape, False for entries to leave out of the statistics and set to 0; None
+            uses every entry. For RLOO pass :func:`leave_one_out_defined`, not just "scorable":
+            a lone rollout's 0 is no advantage and would pull the mean and std (TRL's advantage
+            is NaN there, so its nan-statistics skip it).
 
     Example:
         >>> batch_normalize(torch.tensor([1.0, 3.0])).round(decimals=3)
@@ -102,6 +119,20 @@ def batch_normalize(advantages: Tensor, valid: Tensor | None = None) -> Tensor:
     return torch.nan_to_num((x - torch.nanmean(x)) / (nanstd(x) + STD_EPS), nan=0.0)
 
 
+def whitened_leave_one_out(rewards: Tensor) -> Tensor:
+    """RLOO advantages whitened over the batch (TRL ``RLOOConfig(normalize_advantages=True)``).
+
+    Rollouts without a leave-one-out baseline (unscorable, or alone in their group) get 0 and are
+    left out of the batch mean and std.
+
+    Example:
+        >>> whitened_leave_one_out(torch.tensor([[1.0, 0.0], [1.0, float("nan")]])).round(decimals=3)
+        tensor([[ 0.7070, -0.7070],
+                [ 0.0000,  0.0000]])
+    """
+    return batch_normalize(leave_one_out(rewards), valid=leave_one_out_defined(rewards))
+
+
 Estimator = Callable[[Tensor], Tensor]
 
 ADVANTAGES: dict[str, Estimator] = {
@@ -109,8 +140,13 @@ ADVANTAGES: dict[str, Estimator] = {
     "dr_grpo": group_centered,
     "grpo_batch_std": batch_std_normalized,
     "rloo": leave_one_out,
+    "rloo_normalized": whitened_leave_one_out,
 }
-"""Every estimator by name; each maps ``rewards [N, G]`` (NaN = unscorable) to ``[N, G]``."""
+"""Every estimator by name; each maps ``rewards [N, G]`` (NaN = unscorable) to ``[N, G]``.
+
+``grpo_batch_std`` and ``rloo_normalized`` take statistics over the whole batch: call them with
+every group of the optimizer step at once, not one group at a time.
+"""
 
 
 def compute_advantages(rewards: Tensor, estimator: str = "grpo") -> Tensor:
@@ -130,6 +166,9 @@ def compute_advantages(rewards: Tensor, estimator: str = "grpo") -> Tensor:
 def kl_penalized_rewards(rewards: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor,
                          beta: float) -> Tensor:
     """RLOO-style KL in the reward: ``r - beta * sum_t (log pi_old - log pi_ref)`` per sequence.
+
+    TRL's ``RLOOTrainer`` applies it before the leave-one-out baseline; the trainer does the same
+    for the ``rloo`` loss with ``beta > 0`` (see ``toolgym.trainers.grpo.build_batch``).
 
     Args:
         rewards: ``[B]`` sequence rewards.
@@ -188,7 +227,8 @@ def turn_level_advantages(turn_rewards: Tensor, token_turns: Tensor, gamma: floa
     (whose return-to-go holds fewer rewards). A turn only one rollout reached gets advantage 0:
     there is nothing to compare it with. With outcome-only rewards, ``gamma=1`` and equal
     episode lengths the group-wise estimators (``grpo``, ``dr_grpo``, ``rloo``) reduce to their
-    sequence-level result (``grpo_batch_std`` differs slightly: its batch spans every turn).
+    sequence-level result (``grpo_batch_std`` and ``rloo_normalized`` differ slightly: their batch
+    spans every turn).
 
     Args:
         turn_rewards: ``[N, G, T]`` reward of each turn of each rollout; NaN for absent turns.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from toolgym.errors import ConfigError
+from toolgym.rollouts.metrics import pass_rate
 
 
 @dataclass
@@ -36,7 +37,8 @@ class CurriculumConfig:
             With a shared ``key`` every group of that key moves the shared rate, so use a smaller
             value there (e.g. 0.1).
         floor: Weight every task keeps whatever its pass rate.
-        success: Reward at or above which an episode counts as a pass.
+        success: Reward at or above which an episode counts as a pass (``None``: the env's top
+            reward, as in every pass rate toolgym reports; see :mod:`toolgym.rollouts.metrics`).
         key: Task metadata field whose value groups tasks that share one pass rate (``""``: each
             task on its own; e.g. ``difficulty``).
     """
@@ -45,7 +47,7 @@ class CurriculumConfig:
     prior: float = 0.5
     ema: float = 0.5
     floor: float = 0.05
-    success: float = 1.0
+    success: float | None = None
     key: str = ""
 
 
@@ -64,7 +66,8 @@ class TaskSampler(Protocol):
 class UniformSampler:
     """``k`` distinct tasks, uniformly (what GRPO does by default)."""
 
-    def __init__(self, num_tasks: int, cfg: CurriculumConfig | None = None, group_of: Callable[[int], str] | None = None):
+    def __init__(self, num_tasks: int, cfg: CurriculumConfig | None = None, group_of: Callable[[int], str] | None = None,
+                 threshold: float = 1.0):
         self.num_tasks = num_tasks
 
     def sample(self, k: int, rng: random.Random) -> list[int]:
@@ -95,8 +98,10 @@ class PassRateSampler:
         True
     """
 
-    def __init__(self, num_tasks: int, cfg: CurriculumConfig | None = None, group_of: Callable[[int], str] | None = None):
+    def __init__(self, num_tasks: int, cfg: CurriculumConfig | None = None, group_of: Callable[[int], str] | None = None,
+                 threshold: float = 1.0):
         self.num_tasks = num_tasks
+        self.threshold = threshold
         self.cfg = cfg or CurriculumConfig(kind="pass_rate")
         self.group_of = group_of or str
         self.rates: dict[str, float] = {}  # group -> running pass rate
@@ -120,7 +125,7 @@ class PassRateSampler:
         if not ok:
             return
         group = self.group_of(task_index)
-        rate = sum(r >= self.cfg.success - 1e-9 for r in ok) / len(ok)
+        rate = pass_rate(ok, self.cfg.success if self.cfg.success is not None else self.threshold)
         old = self.rates.get(group)
         self.rates[group] = rate if old is None else (1 - self.cfg.ema) * old + self.cfg.ema * rate
         self.seen[group] = self.seen.get(group, 0) + len(ok)
@@ -136,8 +141,8 @@ class PassRateSampler:
 SAMPLERS: dict[str, type] = {"uniform": UniformSampler, "pass_rate": PassRateSampler}
 
 
-def make_sampler(cfg: CurriculumConfig, tasks: Any) -> TaskSampler:
-    """The sampler ``cfg.kind`` names, over a task source (``len`` and indexing).
+def make_sampler(cfg: CurriculumConfig, tasks: Any, threshold: float = 1.0) -> TaskSampler:
+    """The sampler ``cfg.kind`` names, over a task source (``len`` and indexing); ``threshold``: the env's top reward.
 
     Example:
         >>> make_sampler(CurriculumConfig(kind="pass_rate", key="level"),
@@ -147,4 +152,4 @@ def make_sampler(cfg: CurriculumConfig, tasks: Any) -> TaskSampler:
     if cfg.kind not in SAMPLERS:
         raise ConfigError(f"unknown curriculum kind {cfg.kind!r}; known: {', '.join(SAMPLERS)}")
     group_of = (lambda i: str(tasks[i].metadata.get(cfg.key))) if cfg.key else None
-    return SAMPLERS[cfg.kind](len(tasks), cfg, group_of)
+    return SAMPLERS[cfg.kind](len(tasks), cfg, group_of, threshold=threshold)

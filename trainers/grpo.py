@@ -16,7 +16,8 @@ mismatch (as in TRL); (3) episodes that failed with an
 error get NaN reward: they are left out of the group baseline and get zero advantage; (4) DAPO's
 dynamic sampling refills the batch with fresh groups, at most ``max_refills`` times.
 
-Run it with ``toolgym train`` (Hydra; see conf/). The loop reads top to bottom in :func:`train`.
+Run it with ``toolgym train`` (Hydra; see conf/). The loop that calls these pieces reads top to
+bottom in :func:`toolgym.trainers.loop.train`; this module holds the pieces themselves.
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ from typing import Any
 
 import torch
 
+from toolgym.errors import ConfigError
+from toolgym.rollouts.metrics import pass_rate
 from toolgym.rollouts.records import Trajectory
 from toolgym.rollouts.worker import RolloutRequest, RolloutWorker
-from toolgym.trainers.advantages import compute_advantages, dynamic_sampling_filter, turn_level_advantages
+from toolgym.trainers.advantages import (
+    compute_advantages,
+    dynamic_sampling_filter,
+    kl_penalized_rewards,
+    turn_level_advantages,
+)
 from toolgym.trainers.batch import DEFAULT_CHUNK_TOKENS, TokenBatch, pad_batch, token_logprobs
 from toolgym.trainers.curriculum import CurriculumConfig, TaskSampler
-from toolgym.trainers.losses import BatchTotals, LossConfig, compute_loss
+from toolgym.trainers.losses import BatchTotals, LossConfig, compute_loss, kl_in_reward
 from toolgym.trainers.sft import SFTConfig
 
 log = logging.getLogger("toolgym.train")
@@ -126,11 +134,12 @@ def collect(worker: RolloutWorker, cfg: TrainerConfig, sampler: TaskSampler, rng
         need = cfg.tasks_per_step - len(groups)
         if need <= 0:
             break
-        batch = grouped(worker.run_sync(sample_requests(need, sampler, cfg.group_size, rng)))
+        requests = sample_requests(need, sampler, cfg.group_size, rng)
+        task_index = {r.group_id: int(r.task["task_index"]) for r in requests}
+        batch = grouped(worker.run_sync(requests))
         stats["groups_sampled"] += len(batch)
         for g in batch:
-            if g[0].group_id.startswith("t"):
-                sampler.update(int(g[0].group_id[1:]), [episode_reward(t) for t in g if t.segment == 0])
+            sampler.update(task_index[g[0].group_id], [episode_reward(t) for t in g if t.segment == 0])
         if cfg.dynamic_sampling:
             rewards = torch.tensor([[episode_reward(t) for t in g] for g in batch if len(g) == cfg.group_size])
             keep = dynamic_sampling_filter(rewards).tolist() if len(rewards) else []
@@ -142,33 +151,85 @@ def collect(worker: RolloutWorker, cfg: TrainerConfig, sampler: TaskSampler, rng
 
 
 # ---- advantages ------------------------------------------------------------------------------
-def token_advantages(groups: list[list[Trajectory]], cfg: TrainerConfig) -> list[list[float]]:
-    """Per-token advantages for every trajectory, in ``groups`` order."""
+@dataclass(frozen=True)
+class RewardKL:
+    """What RLOO's KL-in-the-reward penalty needs, one row per trajectory in flat ``groups`` order."""
+
+    old_logprobs: torch.Tensor  # [B, L] policy log-probs of the sampled tokens (pi_old), 0 off the mask
+    ref_logprobs: torch.Tensor  # [B, L] reference-policy log-probs, 0 off the mask
+    mask: torch.Tensor  # [B, L] trainable-token mask
+    beta: float
+
+
+def token_advantages(groups: list[list[Trajectory]], cfg: TrainerConfig,
+                     kl: RewardKL | None = None) -> list[list[float]]:
+    """Per-token advantages for every trajectory, in ``groups`` order.
+
+    The estimator sees every group of the step at once (``[N, G]``; groups of unequal size are
+    padded with NaN, which every estimator leaves out), so the batch statistics of
+    ``grpo_batch_std`` and ``rloo_normalized`` span the whole step, as in TRL.
+
+    Args:
+        groups: The step's trajectories, one list per task.
+        cfg: Uses ``advantage``, ``per_turn`` and ``gamma``.
+        kl: When given, each reward first loses ``beta * sum_t (log pi_old - log pi_ref)`` over its
+            own tokens (per turn when ``per_turn``), as TRL's RLOO does.
+    """
+    flat = [t for g in groups for t in g]
+    if not flat:
+        return []
     if cfg.per_turn:
-        return _per_turn_advantages(groups, cfg)
-    out: list[list[float]] = []
-    for g in groups:
-        rewards = torch.tensor([[episode_reward(t) for t in g]])  # [1, G]
-        adv = compute_advantages(rewards, cfg.advantage)[0]  # [G]
-        out.extend([float(a)] * len(t.token_ids) for a, t in zip(adv.tolist(), g, strict=True))
+        return _per_turn_advantages(groups, cfg, kl)
+    rewards = torch.tensor([episode_reward(t) for t in flat])  # [B]
+    if kl is not None:
+        rewards = kl_penalized_rewards(rewards, kl.old_logprobs, kl.ref_logprobs, kl.mask, kl.beta)  # [B]
+    adv = _ungroup(compute_advantages(_regroup(rewards, groups, float("nan")), cfg.advantage), groups)  # [B]
+    return [[float(a)] * len(t.token_ids) for a, t in zip(adv.tolist(), flat, strict=True)]
+
+
+def _per_turn_advantages(groups: list[list[Trajectory]], cfg: TrainerConfig,
+                         kl: RewardKL | None = None) -> list[list[float]]:
+    flat = [t for g in groups for t in g]
+    # T covers every turn any trajectory has, so each token's turn index has a column.
+    turns = max([1] + [len(t.turn_rewards) for t in flat] + [len(t.turns) for t in flat])
+    width = max(len(t.token_ids) for t in flat)
+    rewards = torch.full((len(flat), turns), float("nan"))  # [B, T]
+    token_turns = torch.full((len(flat), width), -1, dtype=torch.long)  # [B, L]
+    for i, t in enumerate(flat):
+        if t.error is None:
+            rewards[i, : len(t.turn_rewards)] = torch.tensor(t.turn_rewards, dtype=torch.float)
+        for k, turn in enumerate(t.turns):
+            token_turns[i, turn.start:turn.end] = k
+    if kl is not None:
+        for k in range(turns):  # each turn pays for its own tokens' KL; returns-to-go sum them
+            in_turn = kl.mask * (token_turns == k).to(kl.mask.dtype)  # [B, L]
+            rewards[:, k] = kl_penalized_rewards(rewards[:, k], kl.old_logprobs, kl.ref_logprobs, in_turn, kl.beta)
+    by_group = _regroup(rewards, groups, float("nan"))  # [N, G, T]
+    n, g = by_group.shape[:2]
+    grouped_turns = _regroup(token_turns, groups, -1).reshape(n * g, width)  # [N*G, L]
+    adv = turn_level_advantages(by_group, grouped_turns, cfg.gamma, cfg.advantage)  # [N*G, L]
+    adv = _ungroup(adv.reshape(n, g, width), groups)  # [B, L]
+    return [adv[i, : len(t.token_ids)].tolist() for i, t in enumerate(flat)]
+
+
+def _regroup(values: torch.Tensor, groups: list[list[Trajectory]], fill: float) -> torch.Tensor:
+    """``[B, ...]`` in flat ``groups`` order -> ``[N, G_max, ...]``, short groups padded with ``fill``."""
+    rows, cols = _group_positions(groups)
+    out = torch.full((len(groups), max(len(g) for g in groups), *values.shape[1:]), fill, dtype=values.dtype)
+    out[rows, cols] = values
     return out
 
 
-def _per_turn_advantages(groups: list[list[Trajectory]], cfg: TrainerConfig) -> list[list[float]]:
-    out: list[list[float]] = []
-    for g in groups:
-        turns = max(len(t.turn_rewards) for t in g) or 1
-        rewards = torch.full((1, len(g), turns), float("nan"))  # [1, G, T]
-        width = max(len(t.token_ids) for t in g)
-        token_turns = torch.full((len(g), width), -1, dtype=torch.long)  # [G, L]
-        for i, t in enumerate(g):
-            if t.error is None:
-                rewards[0, i, : len(t.turn_rewards)] = torch.tensor(t.turn_rewards, dtype=torch.float)
-            for k, turn in enumerate(t.turns):
-                token_turns[i, turn.start:turn.end] = k
-        adv = turn_level_advantages(rewards, token_turns, cfg.gamma, cfg.advantage)  # [G, L]
-        out.extend(adv[i, : len(t.token_ids)].tolist() for i, t in enumerate(g))
-    return out
+def _ungroup(values: torch.Tensor, groups: list[list[Trajectory]]) -> torch.Tensor:
+    """``[N, G_max, ...]`` -> ``[B, ...]`` in flat ``groups`` order (the inverse of :func:`_regroup`)."""
+    rows, cols = _group_positions(groups)
+    return values[rows, cols]
+
+
+def _group_positions(groups: list[list[Trajectory]]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.tensor([i for i, g in enumerate(groups) for _ in g], dtype=torch.long)  # [B]
+    cols = torch.tensor([j for g in groups for j in range(len(g))], dtype=torch.long)  # [B]
+    return rows, cols
 
 
 # ---- the update ------------------------------------------------------------------------------
@@ -180,15 +241,16 @@ def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     A batch that cannot move the weights is skipped without a forward or backward pass and without
     an optimizer step (``skipped: 1.0``): one with no trainable token or, when ``beta == 0``, one
     whose advantages are zero on every trainable token (``skipped_zero_advantage: 1.0``; every
-    surrogate is then exactly zero). With ``beta > 0`` the KL term still has a gradient, so such a
-    batch is trained on. Skipping is not the same as stepping on a zero gradient: AdamW's moments,
+    surrogate is then exactly zero). With ``beta > 0`` and the KL in the loss, the KL term still has a
+    gradient, so such a batch is trained on (``rloo`` puts its KL in the rewards, see :func:`build_batch`). Skipping is not the same as stepping on a zero gradient: AdamW's moments,
     step count and weight decay stay as they are, so stale momentum does not move the weights. The
     learning-rate schedule is the caller's and counts GRPO steps, skipped or not.
     """
     # batch None: dynamic sampling dropped every group; no trainable token: nothing to learn either
     if batch is None or float(batch.mask.sum()) == 0:
         return _skipped()
-    if cfg.loss.beta == 0.0 and not has_signal(batch):
+    kl_in_loss = cfg.loss.beta > 0.0 and not kl_in_reward(cfg.loss)  # rloo pays its KL in the reward instead
+    if not kl_in_loss and not has_signal(batch):
         return _skipped(zero_advantage=True, neg_logprob=sampler_neg_logprob(batch))
     device = next(model.parameters()).device
     micro = [batch.slice(i, i + cfg.micro_batch_size).to(device) for i in range(0, len(batch), cfg.micro_batch_size)]
@@ -200,7 +262,8 @@ def policy_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
             continue
         with torch.no_grad():
             ref = (token_logprobs(ref_model, m.ids, m.attention, temperature, score_mask=m.mask,
-                                  chunk_tokens=cfg.logprob_chunk_tokens) if ref_model is not None else None)
+                                  chunk_tokens=cfg.logprob_chunk_tokens) if ref_model is not None and kl_in_loss
+                   else None)
         lp = token_logprobs(model, m.ids, m.attention, temperature, score_mask=m.mask,
                             chunk_tokens=cfg.logprob_chunk_tokens)  # [b, L], 0 off the mask
         # One optimizer step per batch: the old policy is the current one, so old_logprobs=None
@@ -249,30 +312,76 @@ def _skipped(zero_advantage: bool = False, neg_logprob: float | None = None) -> 
     return out
 
 
-def build_batch(groups: list[list[Trajectory]], cfg: TrainerConfig, pad_id: int) -> TokenBatch | None:
-    """Pad every trajectory of the step into one batch with per-token advantages (None if empty)."""
+def build_batch(groups: list[list[Trajectory]], cfg: TrainerConfig, pad_id: int, *,
+                model: torch.nn.Module | None = None, ref_model: torch.nn.Module | None = None,
+                temperature: float = 1.0) -> TokenBatch | None:
+    """Pad every trajectory of the step into one batch with per-token advantages (None if empty).
+
+    With the ``rloo`` loss and ``beta > 0`` the KL to the reference policy is a reward penalty, as
+    in TRL's ``RLOOTrainer``: ``model`` (the policy that sampled the batch, pi_old) and
+    ``ref_model`` score the batch first, without gradients, and each reward loses
+    ``beta * sum_t (log pi_old - log pi_ref)`` over its trainable tokens before the advantages
+    are computed (the loss then has no KL term). Other losses keep the KL in the loss and need
+    neither model here.
+
+    Args:
+        groups: The step's trajectories, one list per task.
+        cfg: The recipe.
+        pad_id: Token id of the right padding.
+        model: The policy; needed only when the KL goes in the reward.
+        ref_model: The frozen reference policy; likewise.
+        temperature: Sampling temperature, as passed to :func:`policy_update`.
+
+    Raises:
+        ConfigError: The KL goes in the reward but ``model`` or ``ref_model`` is missing.
+    """
     flat = [t for g in groups for t in g]
     if not flat:
         return None
-    advantages = token_advantages(groups, cfg)
     masks = [t.loss_mask if t.error is None else [0] * len(t.token_ids) for t in flat]
-    return pad_batch([t.token_ids for t in flat], masks, [t.logprobs for t in flat], advantages, pad_id=pad_id)
+    batch = pad_batch([t.token_ids for t in flat], masks, [t.logprobs for t in flat], pad_id=pad_id)
+    kl = reward_kl(batch, cfg, model, ref_model, temperature) if kl_in_reward(cfg.loss) else None
+    for i, adv in enumerate(token_advantages(groups, cfg, kl)):
+        batch.advantages[i, : len(adv)] = torch.tensor(adv, dtype=batch.advantages.dtype)
+    return batch
+
+
+@torch.no_grad()
+def reward_kl(batch: TokenBatch, cfg: TrainerConfig, model: torch.nn.Module | None,
+              ref_model: torch.nn.Module | None, temperature: float) -> RewardKL:
+    """Policy and reference log-probs of ``batch``'s trainable tokens, scored a micro-batch at a time."""
+    if model is None or ref_model is None:
+        raise ConfigError(f"loss {cfg.loss.loss_type!r} with beta > 0 puts the KL in the reward (TRL RLOO): "
+                          "build_batch needs model= and ref_model=; loss_type='rloo_k3' keeps it in the loss")
+    device = next(model.parameters()).device
+    old, ref = [], []
+    for i in range(0, len(batch), cfg.micro_batch_size):
+        m = batch.slice(i, i + cfg.micro_batch_size).to(device)
+        for net, out in ((model, old), (ref_model, ref)):
+            out.append(token_logprobs(net, m.ids, m.attention, temperature, score_mask=m.mask,
+                                      chunk_tokens=cfg.logprob_chunk_tokens).float().cpu())  # [b, L]
+    return RewardKL(torch.cat(old), torch.cat(ref), batch.mask, cfg.loss.beta)
 
 
 # ---- evaluation ------------------------------------------------------------------------------
-def evaluate(worker: RolloutWorker, num_tasks: int, episodes: int) -> dict[str, float]:
-    """Greedy episodes on the first ``episodes`` held-out tasks: mean reward and pass rate."""
+def evaluate(worker: RolloutWorker, num_tasks: int, episodes: int, threshold: float = 1.0) -> dict[str, float]:
+    """Greedy episodes on the first ``episodes`` held-out tasks: mean reward and pass rate.
+
+    ``threshold`` is the reward that counts as solved (:func:`toolgym.rollouts.metrics.success_threshold`
+    of the env).
+    """
     requests = [RolloutRequest({"task_index": i}, group_size=1, group_id=f"e{i}") for i in range(min(episodes, num_tasks))]
     trajectories = worker.run_sync(requests)
     rewards = [0.0 if t.error is not None else t.reward for t in trajectories if t.segment == 0]
     return {"reward": sum(rewards) / max(len(rewards), 1),
-            "pass_rate": sum(r >= 1.0 - 1e-9 for r in rewards) / max(len(rewards), 1),
+            "pass_rate": pass_rate(rewards, threshold),
             "errors": float(sum(t.error is not None for t in trajectories)),
             "turns": sum(len(t.turns) for t in trajectories) / max(len(trajectories), 1)}
 
 
-def step_metrics(groups: list[list[Trajectory]], update: dict[str, float], timing: dict[str, float]) -> dict[str, float]:
-    """The per-step line: reward mean/std, pass rate, tokens/s and the time split."""
+def step_metrics(groups: list[list[Trajectory]], update: dict[str, float], timing: dict[str, float],
+                 threshold: float = 1.0) -> dict[str, float]:
+    """The per-step line: reward mean/std, pass rate (solved at ``threshold``), tokens/s and the time split."""
     flat = [t for g in groups for t in g]
     rewards = [episode_reward(t) for t in flat]
     ok = [r for r in rewards if not math.isnan(r)]
@@ -281,7 +390,7 @@ def step_metrics(groups: list[list[Trajectory]], update: dict[str, float], timin
     sampled = sum(sum(t.loss_mask) for t in flat)
     # groups whose rewards differ: the only ones with a non-zero advantage (what a curriculum raises)
     informative = sum(len({episode_reward(t) for t in g if t.error is None}) > 1 for g in groups)
-    return {"reward_mean": mean, "reward_std": std, "pass_rate": sum(r >= 1.0 - 1e-9 for r in ok) / max(len(ok), 1),
+    return {"reward_mean": mean, "reward_std": std, "pass_rate": pass_rate(ok, threshold),
             "informative_groups": informative / max(len(groups), 1),
             "episodes": float(len(flat)), "errors": float(len(rewards) - len(ok)),
             "tool_calls": float(sum(t.cost.tool_calls for t in flat)) / max(len(flat), 1),

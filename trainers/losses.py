@@ -4,6 +4,13 @@ Every loss in :data:`LOSSES` has the same signature and matches the loss of the 
 TRL 1.16's ``GRPOTrainer`` (``rloo`` matches ``RLOOTrainer``; ``gspo`` is TRL's recommended GSPO
 setup, ``loss_type="grpo"`` with ``importance_sampling_level="sequence"``).
 
+KL to the reference policy: every loss but ``rloo`` adds ``beta`` times the k3 estimate to the
+per-token loss, as ``GRPOTrainer`` does. ``rloo`` follows ``RLOOTrainer`` instead: the KL is a
+reward penalty applied before the advantages are computed
+(:func:`toolgym.trainers.advantages.kl_penalized_rewards`, wired in by
+``toolgym.trainers.grpo.build_batch``), so the loss itself ignores ``beta``. ``rloo_k3`` is the
+RLOO surrogate with the ``GRPOTrainer``-style k3 term in the loss (not a TRL loss).
+
 A loss is assembled from three small parts, so the table needs no branching on the loss name:
 
 * a *ratio level*: how per-token log-ratios ``log pi/pi_old`` become importance weights
@@ -15,7 +22,8 @@ A loss is assembled from three small parts, so the table needs no branching on t
 Gradient accumulation is exact because aggregators divide by :class:`BatchTotals`, the sizes of
 the whole optimizer step, not of the micro-batch: summing the micro-batch losses of one step
 gives the loss of the full batch (``bnpo`` is the deliberate exception: TRL defines it by the
-local token count).
+local token count). Under data parallelism the totals must be the global ones, see
+:meth:`BatchTotals.all_reduce`.
 
 Masks: ``mask == 0`` marks tokens the policy did not produce (tool/env output, prompt, padding).
 They are replaced by zeros before any arithmetic, so they reach no numerator, denominator,
@@ -27,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -47,10 +55,12 @@ class LossConfig:
         loss_type: Key of :data:`LOSSES`.
         epsilon_low: Lower clip range, ratio >= 1 - epsilon_low (TRL ``epsilon``).
         epsilon_high: Upper clip range (DAPO clip-higher); None means ``epsilon_low``. For
-            ``cispo`` it is the cap on the importance weight itself (TRL semantics; 5.0 is the
-            value recommended by ScaleRL).
+            ``cispo`` it is the cap on the importance weight itself, ``min(ratio, epsilon_high)``
+            (TRL semantics, ScaleRL's epsilon_max); None there means :data:`CISPO_DEFAULT_CAP`,
+            and a cap below 1 is rejected.
         delta: Two-sided clipping (INTELLECT-2): also cap the unclipped ratio at ``delta``.
-        beta: Coefficient of the k3 KL estimate to the reference policy; 0 disables it.
+        beta: KL coefficient, 0 disables it: of the k3 estimate in the loss, or for ``rloo`` of the
+            summed log-ratio subtracted from the reward before the advantages (see module docs).
         importance_sampling_level: ``"token"``, ``"sequence"`` (mean log-ratio, GSPO) or
             ``"sequence_sum"`` (summed log-ratio, RLOO); None uses the loss's own default.
         use_bias_correction_kl: Multiply the per-token KL by the policy ratio (DeepSeek-V3.2).
@@ -91,6 +101,12 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check_choice("loss_type", self.loss_type, LOSSES)
+        if self.loss_type == "cispo" and self.epsilon_high is not None and self.epsilon_high < 1.0:
+            # A cap below 1 scales every on-policy token (ratio 1) down to the cap: the old default
+            # (epsilon_low = 0.2) silently made CISPO 0.2 x REINFORCE. DAPO-style 0.28 is the usual slip.
+            raise ConfigError(f"cispo caps the importance weight itself at epsilon_high "
+                              f"({self.epsilon_high}); it must be >= 1 (ScaleRL uses {CISPO_DEFAULT_CAP}); "
+                              f"leave it None for the default")
         if self.importance_sampling_level is not None:
             _check_choice("importance_sampling_level", self.importance_sampling_level, RATIO_LEVELS)
         if self.sampler_is_mode is not None:
@@ -105,8 +121,20 @@ class LossConfig:
 
     @property
     def eps_high(self) -> float:
-        """The effective upper clip range (``epsilon_high``, defaulting to ``epsilon_low``)."""
-        return self.epsilon_low if self.epsilon_high is None else self.epsilon_high
+        """The effective ``epsilon_high``: as set, else :data:`CISPO_DEFAULT_CAP` (cispo) or ``epsilon_low``."""
+        if self.epsilon_high is not None:
+            return self.epsilon_high
+        return CISPO_DEFAULT_CAP if self.loss_type == "cispo" else self.epsilon_low
+
+
+CISPO_DEFAULT_CAP = 5.0
+"""CISPO's cap on the importance weight when ``epsilon_high`` is None.
+
+MiniMax-M1 (arXiv 2506.13585, Eq. 4-5) clips the detached weight at ``1 + eps_high^IS`` with no
+lower bound and tunes only the upper one; ScaleRL (arXiv 2510.13786) writes the cap itself as
+``epsilon_max`` and TRL 1.16's ``GRPOConfig`` recommends 5.0 for it (Tinker defaults to 4.0).
+Either way the cap is well above 1, so on-policy tokens keep weight 1.
+"""
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str] | dict) -> None:
@@ -116,16 +144,24 @@ def _check_choice(name: str, value: str, choices: Sequence[str] | dict) -> None:
 
 @dataclass(frozen=True)
 class BatchTotals:
-    """Sizes of one whole optimizer step (all its micro-batches, on this rank).
+    """Sizes of one whole optimizer step, the normalisers the aggregators divide by.
 
     Aggregators divide by these instead of the micro-batch's own sizes, so the micro-batch losses
     of a step sum to the full-batch loss and accumulated gradients equal full-batch gradients.
-    Under data parallelism with gradient averaging, build it from this rank's micro-batches.
+
+    Data parallelism (DDP/FSDP, which average gradients over the ``W`` ranks): this rank's own
+    totals are wrong there. Dividing by the local token count gives each rank's token mean, and
+    the average of those over-weights the tokens of ranks with fewer tokens, which is not DAPO's
+    or CISPO's global token mean whenever ranks hold different token counts. Every rank must
+    instead all-reduce (sum) ``num_tokens`` and ``num_sequences`` over the ranks and divide each
+    by ``W`` (the averaging then restores the global sum); ``num_micro_batches`` stays local.
+    :meth:`all_reduce` does exactly that: ``BatchTotals.of(local_masks).all_reduce()``.
 
     Attributes:
-        num_tokens: Trainable tokens (``mask == 1``) in the step.
-        num_sequences: Sequences in the step.
-        num_micro_batches: Micro-batches the step is split into (used by ``bnpo`` only).
+        num_tokens: Trainable tokens (``mask == 1``) in the step (one process), or the global
+            count divided by the world size (data parallel).
+        num_sequences: Sequences in the step, likewise.
+        num_micro_batches: Micro-batches the step is split into on this rank (``bnpo`` only).
     """
 
     num_tokens: float
@@ -143,6 +179,38 @@ class BatchTotals:
         tokens = sum(float(m.sum()) for m in masks)
         sequences = sum(float(m.shape[0]) for m in masks)
         return cls(num_tokens=tokens, num_sequences=sequences, num_micro_batches=len(masks))
+
+    def data_parallel(self, global_tokens: float, global_sequences: float, world_size: int) -> BatchTotals:
+        """The totals for one rank of ``world_size`` whose gradients are averaged over ranks.
+
+        Args:
+            global_tokens: Sum of ``num_tokens`` over all ranks (the step's trainable tokens).
+            global_sequences: Sum of ``num_sequences`` over all ranks.
+            world_size: Ranks the gradients are averaged over.
+
+        Example:
+            >>> BatchTotals(num_tokens=3.0, num_sequences=1.0).data_parallel(10.0, 4.0, world_size=2)
+            BatchTotals(num_tokens=5.0, num_sequences=2.0, num_micro_batches=1)
+        """
+        # The gradient average divides by W; dividing the global count by W undoes it.
+        return BatchTotals(num_tokens=global_tokens / world_size, num_sequences=global_sequences / world_size,
+                           num_micro_batches=self.num_micro_batches)
+
+    def all_reduce(self, group: Any = None) -> BatchTotals:
+        """This rank's totals made global with one all-reduce (collective: every rank must call it).
+
+        Sums ``num_tokens`` and ``num_sequences`` over the ranks of ``group`` and returns
+        :meth:`data_parallel` of the sums; without an initialised process group it returns ``self``.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        nccl = dist.get_backend(group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        sums = torch.tensor([self.num_tokens, self.num_sequences], dtype=torch.float64, device=device)  # [2]
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        return self.data_parallel(float(sums[0]), float(sums[1]), dist.get_world_size(group))
 
 
 @dataclass(frozen=True)
@@ -190,6 +258,36 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
         return x.float().mean()
     x = x.expand_as(mask)  # [B, L]
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def sequence_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over sequences of each sequence's mean over its trainable tokens: each sequence counts once.
+
+    For metrics of sequence-level quantities (a GSPO ratio, a VESPO weight). The trainer passes
+    ``[B, L]`` advantages, so such a metric would otherwise be token-weighted and long sequences
+    would dominate it. Sequences without a trainable token take no part in the loss and are left out.
+
+    Args:
+        x: ``[B, 1]`` or ``[B, L]``.
+        mask: ``[B, L]`` trainable-token mask.
+
+    Example:
+        >>> clipped = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])  # a long clipped sequence, a short one not
+        >>> sequence_mean(clipped, torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))  # masked_mean gives 0.75
+        tensor(0.5000)
+    """
+    keep = mask.bool()  # [B, L]
+    dtype = torch.promote_types(_reduction_dtype(x), _reduction_dtype(mask))
+    zero = torch.zeros((), dtype=dtype, device=x.device)
+    values = torch.where(keep, x.expand_as(mask).to(dtype), zero)  # [B, L]
+    counts = keep.sum(-1)  # [B]
+    per_seq = values.sum(-1) / counts.clamp(min=1)  # [B], 0 for sequences without a trainable token
+    return per_seq.sum() / (counts > 0).sum().clamp(min=1)
+
+
+def _level_mean(x: Tensor, t: PolicyTerms) -> Tensor:
+    # A metric over sequence-level ratios counts sequences; over token ratios, tokens (as TRL).
+    return sequence_mean(x, t.mask) if t.ratio.shape[-1] == 1 else masked_mean(x, t.mask)
 
 
 def _reduction_dtype(x: Tensor) -> torch.dtype:
@@ -330,19 +428,24 @@ def clipped_surrogate(t: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, Metrics]
     low = (ratio < 1 - cfg.epsilon_low) & (t.advantages < 0)
     high = (ratio > 1 + cfg.eps_high) & (t.advantages > 0)
     metrics = {
-        "clip_ratio/low_mean": masked_mean(low.float(), t.mask),
-        "clip_ratio/high_mean": masked_mean(high.float(), t.mask),
-        "clip_ratio/region_mean": masked_mean((low | high).float(), t.mask),
+        "clip_ratio/low_mean": _level_mean(low.float(), t),
+        "clip_ratio/high_mean": _level_mean(high.float(), t),
+        "clip_ratio/region_mean": _level_mean((low | high).float(), t),
     }
     return loss, metrics
 
 
 def cispo_surrogate(t: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, Metrics]:
-    """CISPO (MiniMax-M1): REINFORCE on log-probs weighted by the detached, capped ratio."""
-    weight = torch.clamp(t.ratio, max=cfg.eps_high).detach()
+    """CISPO (MiniMax-M1): REINFORCE on log-probs weighted by the detached, capped ratio.
+
+    The cap is ``epsilon_high`` itself, or :data:`CISPO_DEFAULT_CAP` when it is None (whatever
+    ``cfg.loss_type`` says: the table key, not the config, chose this surrogate).
+    """
+    cap = CISPO_DEFAULT_CAP if cfg.epsilon_high is None else cfg.epsilon_high
+    weight = torch.clamp(t.ratio, max=cap).detach()
     loss = -weight * t.advantages * t.logprobs  # [B, L]
-    clipped = (t.ratio > cfg.eps_high) & (t.advantages > 0)
-    return loss, {"cispo_clip_ratio": masked_mean(clipped.float(), t.mask)}
+    clipped = (t.ratio > cap) & (t.advantages > 0)
+    return loss, {"cispo_clip_ratio": _level_mean(clipped.float(), t)}
 
 
 def sapo_surrogate(t: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, Metrics]:
@@ -373,8 +476,8 @@ def vespo_weights(t: PolicyTerms, cfg: LossConfig) -> Tensor:
 
 def vespo_surrogate(t: PolicyTerms, cfg: LossConfig) -> tuple[Tensor, Metrics]:
     """VESPO: REINFORCE on log-probs weighted by a smooth Gamma function of the sequence ratio."""
-    phi = vespo_weights(t, cfg)
-    return -phi * t.advantages * t.logprobs, {"vespo/phi_seq_mean": masked_mean(phi, t.mask)}
+    phi = vespo_weights(t, cfg)  # [B, 1], or [B, L] when the advantages' sign varies along a sequence
+    return -phi * t.advantages * t.logprobs, {"vespo/phi_seq_mean": sequence_mean(phi, t.mask)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,13 +542,15 @@ class LossFn:
     """
 
     def __init__(self, name: str, surrogate: Surrogate, aggregate: Aggregate, level: str = "token",
-                 folds_sampler_ratio: bool = False) -> None:
+                 folds_sampler_ratio: bool = False, kl_in_reward: bool = False) -> None:
         self.name = name
         self.surrogate = surrogate
         self.aggregate = aggregate
         self.level = level
         # VESPO puts the sampler weight inside its Gamma weight instead of multiplying the loss.
         self.folds_sampler_ratio = folds_sampler_ratio
+        # RLOO (TRL) penalises the reward by beta * KL before the advantages: the loss has no KL term.
+        self.kl_in_reward = kl_in_reward
 
     def __repr__(self) -> str:
         return f"LossFn({self.name!r})"
@@ -471,14 +576,16 @@ class LossFn:
             mask: ``[B, L]`` 1 on tokens the policy produced and should learn from, else 0.
             cfg: Hyper-parameters; ``cfg.loss_type`` is not consulted (the table key is).
             totals: Sizes of the whole optimizer step; None means this micro-batch is the step.
-            ref_logprobs: ``[B, L]`` reference-policy log-probs; required when ``cfg.beta != 0``.
+            ref_logprobs: ``[B, L]`` reference-policy log-probs; required when ``cfg.beta != 0``
+                (unused by losses whose KL is in the reward, ``kl_in_reward``).
             sampler_logprobs: ``[B, L]`` inference-engine log-probs; enables the sampler
                 importance-sampling correction when ``cfg.sampler_is_mode`` is set.
 
         Returns:
             The scalar loss share and metrics.
         """
-        if cfg.beta != 0.0 and ref_logprobs is None:
+        beta = 0.0 if self.kl_in_reward else cfg.beta  # RLOO: the advantages already carry the KL
+        if beta != 0.0 and ref_logprobs is None:
             raise ConfigError("beta != 0 needs ref_logprobs")
         keep = mask.bool()  # [B, L]
         maskf = keep.to(_reduction_dtype(logprobs))
@@ -493,13 +600,13 @@ class LossFn:
             )
         if terms.sampler_ratio is not None and not self.folds_sampler_ratio:
             per_token = per_token * terms.sampler_ratio
-        if cfg.beta != 0.0:
+        if beta != 0.0:
             kl = k3_kl(_zero_masked(ref_logprobs, keep), terms.logprobs)  # [B, L]
             kl = kl * terms.ratio if cfg.use_bias_correction_kl else kl
-            per_token = per_token + cfg.beta * kl
+            per_token = per_token + beta * kl
             metrics["kl"] = masked_mean(kl.detach(), maskf)
         loss = self.aggregate(per_token.expand_as(maskf), maskf, totals, cfg)
-        metrics["ratio/mean"] = masked_mean(terms.ratio.detach(), maskf)
+        metrics["ratio/mean"] = _level_mean(terms.ratio.detach(), terms)
         if terms.sampler_ratio is not None:
             metrics["sampler_is_ratio/mean"] = masked_mean(terms.sampler_ratio, maskf)
         return LossOutput(loss=loss, metrics={k: float(v) for k, v in metrics.items()})
@@ -524,12 +631,23 @@ LOSSES: dict[str, PolicyLoss] = {
     "bnpo": LossFn("bnpo", clipped_surrogate, local_token_mean),
     "gspo": LossFn("gspo", clipped_surrogate, per_sequence_mean, level="sequence"),
     "luspo": LossFn("luspo", clipped_surrogate, per_sequence_sum, level="sequence"),
-    "rloo": LossFn("rloo", clipped_surrogate, per_sequence_mean, level="sequence_sum"),
+    "rloo": LossFn("rloo", clipped_surrogate, per_sequence_mean, level="sequence_sum", kl_in_reward=True),
+    "rloo_k3": LossFn("rloo_k3", clipped_surrogate, per_sequence_mean, level="sequence_sum"),
     "cispo": LossFn("cispo", cispo_surrogate, global_token_mean),
     "sapo": LossFn("sapo", sapo_surrogate, per_sequence_mean),
     "vespo": LossFn("vespo", vespo_surrogate, global_token_mean, folds_sampler_ratio=True),
 }
 """Every loss by name; each is called as ``LOSSES[name](logprobs, old_logprobs, advantages, mask, cfg, ...)``."""
+
+
+def kl_in_reward(cfg: LossConfig) -> bool:
+    """Whether ``cfg``'s KL penalty belongs in the rewards, before the advantages (``rloo`` with ``beta != 0``).
+
+    Example:
+        >>> [kl_in_reward(LossConfig(loss_type=name, beta=0.05)) for name in ("rloo", "rloo_k3", "dapo")]
+        [True, False, False]
+    """
+    return cfg.beta != 0.0 and bool(getattr(LOSSES[cfg.loss_type], "kl_in_reward", False))
 
 
 def compute_loss(

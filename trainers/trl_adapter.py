@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import toolgym
 from toolgym.envs.base import ToolEnv
 from toolgym.envs.parsing import ToolCall
+from toolgym.envs.report import MALFORMED_KINDS
 from toolgym.envs.tools import Tool, ToolResult
 from toolgym.errors import ConfigError, EnvError
 from toolgym.rollouts.engines.base import Engine
@@ -43,7 +44,6 @@ from toolgym.verifiers.rubric import Score
 
 Messages = list[dict[str, Any]]
 _RESERVED = ("reset", "get_reward")  # method names TRL treats specially
-_MALFORMED = ("parse", "unknown_tool", "bad_arguments")
 
 
 def _make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> ToolEnv:
@@ -136,9 +136,8 @@ class TRLToolEnv:
     def _record(self, name: str, arguments: dict[str, Any], result: ToolResult) -> str:
         state = self._state()
         state.calls.append(ToolCall(name=name, arguments=arguments, id=f"call_{len(state.calls)}"))
-        state.tool_calls += 1
         state.tool_errors += int(not result.ok)
-        state.malformed_calls += int(result.error in _MALFORMED)
+        state.malformed_calls += int(result.error in MALFORMED_KINDS)
         return result.content
 
     def _call(self, name: str, arguments: dict[str, Any]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from toolgym.verifiers.answers import boxed_answers, extract_answer, strip_reasoning
 from toolgym.verifiers.checks import (
+    DEFAULT_MATH_VERIFIER,
+    MathVerifier,
     exact_match,
     format_check,
     json_schema_check,
@@ -18,7 +20,8 @@ from toolgym.verifiers.group import majority_agreement, majority_answer, shortes
 from toolgym.verifiers.rubric import Rubric, Score
 
 __all__ = [
-    "Rubric", "Score", "boxed_answers", "exact_match", "extract_answer", "format_check", "json_schema_check",
-    "majority_agreement", "majority_answer", "math_equivalent", "normalize_answer", "numeric_close", "parse_number",
-    "regex_format", "shortest_correct_bonus", "strip_reasoning", "token_f1",
+    "DEFAULT_MATH_VERIFIER", "MathVerifier", "Rubric", "Score", "boxed_answers", "exact_match", "extract_answer",
+    "format_check", "json_schema_check", "majority_agreement", "majority_answer", "math_equivalent",
+    "normalize_answer", "numeric_close", "parse_number", "regex_format", "shortest_correct_bonus", "strip_reasoning",
+    "token_f1",
 ]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
-from toolgym.errors import ConfigError
+from toolgym.errors import ConfigError, EnvError
 
 Reference = str | int | float | Sequence[str | int | float] | None
 
@@ -266,10 +266,10 @@ def math_equivalent(answer: str | None, reference: Reference) -> float | None:
 
     math-verify limits its work with ``signal.alarm``, which only works in the main thread.
     In the main thread the check runs in-process with those limits (cancelling any ``SIGALRM``
-    timer the caller had set); from any other thread it runs in a long-lived worker process
-    (its own main thread, so the limits hold there too), which is killed and restarted if it
-    hangs past :data:`MATH_DEADLINE_S`. Were the worker unable to start, the check runs
-    in-process with math-verify's limits turned off.
+    timer the caller had set); from any other thread it goes to the worker process of
+    :data:`DEFAULT_MATH_VERIFIER` (its own main thread, so the limits hold there too; see
+    :class:`MathVerifier`). To own that process, give a rubric ``verifier.math_equivalent`` of a
+    :class:`MathVerifier` you close instead.
 
     Example:
         >>> math_equivalent(r"\frac{1}{2}", "0.5"), math_equivalent("1/2", r"\dfrac12")
@@ -277,6 +277,10 @@ def math_equivalent(answer: str | None, reference: Reference) -> float | None:
         >>> math_equivalent("3 or 4", "3"), math_equivalent("cba", "abc")
         (0.0, 0.0)
     """
+    return DEFAULT_MATH_VERIFIER.math_equivalent(answer, reference)
+
+
+def _math_equivalent(answer: str | None, reference: Reference, verifier: MathVerifier) -> float | None:
     refs = _references(reference)
     if refs is None:
         return None
@@ -284,7 +288,7 @@ def math_equivalent(answer: str | None, reference: Reference) -> float | None:
     if not answer or len(answer) > MAX_MATH_CHARS:
         return 0.0
     refs = [_unicode_math(r) for r in refs]
-    return 1.0 if any(_math_match(answer, ref) for ref in refs if len(ref) <= MAX_MATH_CHARS) else 0.0
+    return 1.0 if any(_math_match(answer, ref, verifier) for ref in refs if len(ref) <= MAX_MATH_CHARS) else 0.0
 
 
 def _is_words(text: str) -> bool:
@@ -293,13 +297,13 @@ def _is_words(text: str) -> bool:
     return bool(_WORDS.fullmatch(text)) and re.search(r"[^\W\d_]{3}", text) is not None
 
 
-def _math_match(answer: str, ref: str) -> bool:
+def _math_match(answer: str, ref: str, verifier: MathVerifier) -> bool:
     if _is_words(answer) or _is_words(ref):
         got = normalize_answer(_strip_text(answer))
         return bool(got) and got == normalize_answer(_strip_text(ref))
     if threading.current_thread() is threading.main_thread():
         return _verify_latex(answer, ref, MATH_TIMEOUT_S)
-    return _WORKER.verify(answer, ref)
+    return verifier.verify(answer, ref)
 
 
 def _strip_text(s: str) -> str:
@@ -322,19 +326,52 @@ def _verify_latex(answer: str, ref: str, timeout: int | None) -> bool:
         return False
 
 
-class _MathWorker:
-    """A child process that answers math-verify checks, one JSON line in, one out.
+class MathVerifier:
+    r"""Math checks whose time limits hold in any thread: a worker process it owns answers them.
 
-    Calls from several threads are serialised by a lock; one check takes milliseconds.
+    The worker (a child Python process, one JSON line in and one out per check) starts with the
+    first check made outside the main thread. One that hangs past :data:`MATH_DEADLINE_S` is
+    killed and the next check starts a fresh one; were none able to start, checks run in-process
+    with math-verify's limits turned off. Checks from several threads are serialised (one takes
+    milliseconds). :meth:`close` ends the worker for good. The module's :func:`math_equivalent`
+    uses :data:`DEFAULT_MATH_VERIFIER`, closed at interpreter exit. A pickled or forked copy
+    starts its own worker, ended with its process (the worker exits when its input closes).
+
+    Example:
+        >>> from toolgym.verifiers.rubric import Rubric
+        >>> with MathVerifier() as verifier:
+        ...     rubric = Rubric([verifier.math_equivalent])
+        ...     rubric.score(answer=r"\frac{1}{2}", reference="0.5").breakdown
+        {'math_equivalent': 1.0}
+        >>> verifier.closed, verifier.pid
+        (True, None)
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
-        self._broken = False
+        self._broken = False  # no worker could start: check in-process
+        self._closed = False
+        self._owner = os.getpid()
+
+    def math_equivalent(self, answer: str | None, reference: Reference) -> float | None:
+        """:func:`math_equivalent` with this verifier's worker; a rubric keys it ``math_equivalent``.
+
+        Raises:
+            EnvError: The verifier is closed (a rubric scores that 0 and reports the error).
+        """
+        self._check_open()
+        return _math_equivalent(answer, reference, self)
 
     def verify(self, answer: str, ref: str) -> bool:
+        """Whether math-verify, run in the worker, finds two short strings equal.
+
+        Raises:
+            EnvError: The verifier is closed.
+        """
+        self._adopt()
         with self._lock:
+            self._check_open()
             for _ in range(2):  # a worker found dead (not hung) gets one fresh replacement
                 if self._broken:
                     return _verify_latex(answer, ref, None)
@@ -342,11 +379,52 @@ class _MathWorker:
                     reply = self._ask(answer, ref)
                 except OSError:
                     self._broken = self._proc is None  # could not even start: stay in-process
-                    self.close()
+                    self._stop()
                     continue
                 if reply != "died":
                     return reply == "true"
             return False
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it runs (``None`` before the first check and once closed)."""
+        proc = self._proc if self._owner == os.getpid() else None
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """End the worker (after a check in progress) and refuse later checks; idempotent."""
+        self._adopt()
+        with self._lock:
+            self._closed = True
+            self._stop()
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"closed": self._closed}  # a process and a lock do not travel: the copy starts its own
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self._closed = bool(state.get("closed"))
+
+    # -- the worker process ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EnvError("this MathVerifier is closed (MathVerifier.close() was called)")
+
+    def _adopt(self) -> None:
+        """In a forked child the parent's worker and lock are not ours to use or kill: start afresh."""
+        if self._owner != os.getpid():
+            self._owner, self._lock, self._proc = os.getpid(), threading.Lock(), None
 
     def _ask(self, answer: str, ref: str) -> str:
         proc = self._ensure()
@@ -356,11 +434,11 @@ class _MathWorker:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             if not sel.select(MATH_DEADLINE_S):
-                self.close()  # hung: this check fails, a fresh worker serves the next one
+                self._stop()  # hung: this check fails, a fresh worker serves the next one
                 return "timeout"
         line = proc.stdout.readline().strip()
         if not line:
-            self.close()
+            self._stop()
             return "died"
         return line
 
@@ -372,12 +450,7 @@ class _MathWorker:
                 encoding="utf-8", bufsize=1)
         return self._proc
 
-    def forget(self) -> None:
-        """In a forked child: the parent's worker and lock are not ours to use or kill."""
-        self._lock = threading.Lock()
-        self._proc = None
-
-    def close(self) -> None:
+    def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.kill()
@@ -388,7 +461,7 @@ class _MathWorker:
 
 
 def serve_math() -> None:
-    """Worker loop of :class:`_MathWorker`: ``[answer, reference]`` lines in, ``true``/``false`` out."""
+    """Worker loop of :class:`MathVerifier`: ``[answer, reference]`` lines in, ``true``/``false`` out."""
     out, sys.stdout = sys.stdout, sys.stderr  # stray prints must not corrupt the protocol
     for line in sys.stdin:
         try:
@@ -400,9 +473,9 @@ def serve_math() -> None:
         out.flush()
 
 
-_WORKER = _MathWorker()
-atexit.register(_WORKER.close)
-os.register_at_fork(after_in_child=_WORKER.forget)
+DEFAULT_MATH_VERIFIER = MathVerifier()
+"""The verifier behind :func:`math_equivalent`; its worker starts on first use and ends at exit."""
+atexit.register(DEFAULT_MATH_VERIFIER.close)
 
 
 # ---------------------------------------------------------------- format checks

@@ -1,10 +1,14 @@
 """Inference engines behind one protocol (see :mod:`toolgym.rollouts.engines.base`).
 
-``make_engine(EngineConfig(kind=..., model=...))`` builds one:
+``make_engine(EngineConfig(kind=..., model=...))`` builds one from the table :data:`ENGINES`
+(name -> :class:`EngineKind`), the one place every caller (the trainer, ``toolgym eval``, the
+benchmarks) looks engines up:
 
 * ``hf``: transformers ``generate`` with micro-batching (CPU or GPU; the default);
 * ``vllm``: vLLM ``AsyncLLM`` (optional dependency, imported only when asked for);
 * ``openai``: any OpenAI-compatible server at ``base_url``.
+
+:func:`register_engine` adds a kind (an engine of a plugin).
 
 ``model="tiny"`` (or ``"tiny-mini"``, ``"tiny-small"``) builds the offline tiny model of
 :mod:`toolgym.rollouts.tiny` in its cache.
@@ -13,6 +17,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from toolgym.errors import ConfigError
@@ -26,7 +32,6 @@ from toolgym.rollouts.engines.base import (
     default_stop_ids,
 )
 
-ENGINE_KINDS = ("hf", "vllm", "openai")
 _TINY_SIZES = ("tiny", "mini", "small")
 
 
@@ -49,28 +54,42 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def make_engine(config: EngineConfig) -> Any:
-    """Build the engine a config describes.
+@dataclass(frozen=True)
+class EngineKind:
+    """How to build one kind of engine.
 
-    Example:
-        >>> make_engine(EngineConfig(kind="nope"))
-        Traceback (most recent call last):
-        ...
-        toolgym.errors.ConfigError: unknown engine kind 'nope'; choose from hf, vllm, openai
+    Attributes:
+        build: Builds the engine from its config.
+        from_policy: Builds an engine that generates with the trainer's own model object (no weight
+            copies, no sync), or ``None`` when the engine serves its own copy of the weights.
     """
-    if config.kind not in ENGINE_KINDS:
-        raise ConfigError(f"unknown engine kind {config.kind!r}; choose from {', '.join(ENGINE_KINDS)}")
-    model = resolve_model(config.model)
-    if config.kind == "hf":
-        from toolgym.rollouts.engines.hf import HFEngine
 
-        return HFEngine.from_pretrained(model, device=config.device, dtype=config.dtype,
-                                        max_batch_size=config.max_batch_size, **config.extra)
-    if config.kind == "vllm":
-        from toolgym.rollouts.engines.vllm import VLLMEngine
+    build: Callable[[EngineConfig], Any]
+    from_policy: Callable[[EngineConfig, Any, Any], Any] | None = None
 
-        return VLLMEngine(model, tokenizer=config.tokenizer, gpu_memory_utilization=config.gpu_memory_utilization,
-                          enable_sleep_mode=config.enable_sleep_mode, dtype=config.dtype or "auto", **config.extra)
+
+def _hf(config: EngineConfig) -> Any:
+    from toolgym.rollouts.engines.hf import HFEngine
+
+    return HFEngine.from_pretrained(resolve_model(config.model), device=config.device, dtype=config.dtype,
+                                    max_batch_size=config.max_batch_size, **config.extra)
+
+
+def _hf_from_policy(config: EngineConfig, model: Any, tokenizer: Any) -> Any:
+    from toolgym.rollouts.engines.hf import HFEngine
+
+    tokenizer.padding_side = "left"
+    return HFEngine(model, tokenizer, max_batch_size=config.max_batch_size)
+
+
+def _vllm(config: EngineConfig) -> Any:
+    from toolgym.rollouts.engines.vllm import VLLMEngine
+
+    return VLLMEngine(resolve_model(config.model), tokenizer=config.tokenizer, gpu_memory_utilization=config.gpu_memory_utilization,
+                      enable_sleep_mode=config.enable_sleep_mode, dtype=config.dtype or "auto", **config.extra)
+
+
+def _openai(config: EngineConfig) -> Any:
     from transformers import AutoTokenizer
 
     from toolgym.rollouts.engines.openai import OpenAIEngine
@@ -82,5 +101,37 @@ def make_engine(config: EngineConfig) -> Any:
                         api_key=os.environ.get(config.api_key_env), **config.extra)
 
 
-__all__ = ["ENGINE_KINDS", "ChatPrompt", "Completion", "Engine", "EngineBase", "EngineConfig", "SamplingParams",
-           "default_stop_ids", "make_engine", "resolve_model"]
+ENGINES: dict[str, EngineKind] = {
+    "hf": EngineKind(_hf, from_policy=_hf_from_policy),
+    "vllm": EngineKind(_vllm),
+    "openai": EngineKind(_openai),
+}
+ENGINE_KINDS = tuple(ENGINES)  # the built-in kinds (CLI choices); ENGINES may grow at run time
+
+
+def register_engine(name: str, kind: EngineKind) -> None:
+    """Add (or replace) an engine kind, e.g. from a plugin's import."""
+    ENGINES[name] = kind
+
+
+def engine_kind(name: str) -> EngineKind:
+    """The table entry for ``name``; a clear ``ConfigError`` for an unknown one.
+
+    Example:
+        >>> engine_kind("nope")
+        Traceback (most recent call last):
+        ...
+        toolgym.errors.ConfigError: unknown engine kind 'nope'; choose from hf, vllm, openai
+    """
+    if name not in ENGINES:
+        raise ConfigError(f"unknown engine kind {name!r}; choose from {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
+def make_engine(config: EngineConfig) -> Any:
+    """Build the engine a config describes (``config.model`` as :func:`resolve_model` reads it)."""
+    return engine_kind(config.kind).build(config)
+
+
+__all__ = ["ENGINES", "ENGINE_KINDS", "ChatPrompt", "Completion", "Engine", "EngineBase", "EngineConfig",
+           "EngineKind", "SamplingParams", "default_stop_ids", "engine_kind", "make_engine", "register_engine", "resolve_model"]

@@ -6,8 +6,8 @@ from toolgym_python_code import PACK, TASKS
 
 import toolgym
 from toolgym.envs.conformance import run_checks
+from toolgym.sandboxes import close_shared_pools
 from toolgym.sandboxes.config import SandboxConfig
-from toolgym.sandboxes.tools import close_shared_pools
 
 
 def test_registered_by_this_pack() -> None:

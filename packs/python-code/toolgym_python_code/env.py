@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolgym.envs.base import EpisodeState, ToolEnv
+from toolgym.envs.sandbox_tools import SANDBOX_TOOLS, SandboxResources, used_python
 from toolgym.envs.task import ListTasks, Task
 from toolgym.sandboxes.config import SandboxConfig
 from toolgym.sandboxes.pool import ExecutorPool
-from toolgym.sandboxes.tools import SANDBOX_TOOLS, SandboxResources, used_python
+from toolgym.sandboxes.shared import SandboxPools
 from toolgym.verifiers.rubric import Rubric
 
 
@@ -191,16 +192,25 @@ def hidden_tests(completion: str, task: Task, state: EpisodeState) -> float:
 
 
 class PythonCodeEnv(SandboxResources, ToolEnv):
-    """Write a function that passes hidden unit tests, with a sandboxed Python session to try code."""
+    """Write a function that passes hidden unit tests, with a sandboxed Python session to try code.
+
+    Args:
+        sandbox_config: :class:`SandboxConfig` of the episodes' sandbox pool (default: auto backend).
+        sandbox_pool: An open pool to take episode sandboxes from instead.
+        sandbox_pools: The :class:`SandboxPools` to take the ``sandbox_config`` pool from
+            (default: the process-wide ones); closing it closes the env's pool.
+        **kwargs: :class:`ToolEnv` options (``split``, ``max_turns`` ...).
+    """
 
     system_prompt = SYSTEM_PROMPT
     default_max_turns = 6
     blocking_rubric = True  # grading runs the hidden tests in the sandbox
 
     def __init__(self, *, sandbox_config: SandboxConfig | None = None, sandbox_pool: ExecutorPool | None = None,
-                 **kwargs: Any):
+                 sandbox_pools: SandboxPools | None = None, **kwargs: Any):
         self.sandbox_config = sandbox_config
         self.sandbox_pool = sandbox_pool
+        self.sandbox_pools = sandbox_pools
         super().__init__(**kwargs)
 
     def load_tasks(self, split: str) -> ListTasks:

@@ -14,11 +14,11 @@ from toolgym_research.tasks import TEMPLATES, research_questions
 
 import toolgym
 from toolgym.envs.conformance import probe_turns, replay, run_checks
-from toolgym.envs.search.client import close_backends
-from toolgym.envs.search.world import cached_world
 from toolgym.errors import ConfigError
 from toolgym.sandboxes import ExecutorPool, SandboxConfig, open_sandbox_pool
 from toolgym.sandboxes import testing as sandbox_testing
+from toolgym.search.client import close_backends
+from toolgym.search.world import cached_world
 
 SEED, SIZE = 3, 120
 ENV_ID = "toolgym/ResearchCode-v0"

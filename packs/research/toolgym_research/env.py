@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from toolgym.envs.base import EpisodeState, ToolEnv
-from toolgym.envs.search.client import SearchConfig, SearchSession, make_backend
-from toolgym.envs.search.tools import open_document, search, used_search
-from toolgym.envs.search.world import cached_world
-from toolgym.envs.search.world_index import world_index
+from toolgym.envs.sandbox_tools import SandboxResources, python, used_python
+from toolgym.envs.search_tools import open_document, search, used_search
 from toolgym.envs.task import ListTasks, Task
 from toolgym.errors import ConfigError, SandboxError
 from toolgym.sandboxes.config import SandboxConfig
 from toolgym.sandboxes.pool import ExecutorPool
-from toolgym.sandboxes.tools import SandboxResources, python, used_python
+from toolgym.sandboxes.shared import SandboxPools
+from toolgym.search.client import DEFAULT_BACKENDS, SearchBackends, SearchConfig, SearchSession
+from toolgym.search.world import cached_world
+from toolgym.search.world_index import world_index
 from toolgym.verifiers.checks import numeric_close
 from toolgym.verifiers.rubric import Rubric
 from toolgym_research.tasks import research_questions
@@ -107,6 +108,10 @@ class ResearchCodeEnv(SandboxResources, ToolEnv):
         engine: Lexical search engine for the index (default: the best installed).
         sandbox_config: :class:`SandboxConfig` (or its fields) of the shared sandbox pool.
         sandbox_pool: An open pool to take episode sandboxes from instead.
+        sandbox_pools: The :class:`SandboxPools` to take the ``sandbox_config`` pool from
+            (default: the process-wide ones); closing it closes the env's pool.
+        search_backends: The :class:`SearchBackends` that opens the index (default: the
+            process-wide one).
         **kwargs: :class:`ToolEnv` options (``split``, ``max_turns`` ...).
     """
 
@@ -117,20 +122,28 @@ class ResearchCodeEnv(SandboxResources, ToolEnv):
                  num_eval_tasks: int = 200, size: int | None = None,
                  search: SearchConfig | dict[str, Any] | None = None, cache_dir: str | None = None,
                  engine: str | None = None, sandbox_config: SandboxConfig | Mapping[str, Any] | None = None,
-                 sandbox_pool: ExecutorPool | None = None, **kwargs: Any):
+                 sandbox_pool: ExecutorPool | None = None, sandbox_pools: SandboxPools | None = None,
+                 search_backends: SearchBackends | None = None, **kwargs: Any):
         if min(num_train_tasks, num_eval_tasks) < 1:
             raise ConfigError("num_train_tasks and num_eval_tasks must be at least 1")
         self.world_seed, self.num_entities, self._size = seed, num_entities, size
         self.num_train_tasks, self.num_eval_tasks = num_train_tasks, num_eval_tasks
         self.sandbox_config = _sandbox_config(sandbox_config)
-        self.sandbox_pool = sandbox_pool
+        self.sandbox_pool, self.sandbox_pools, self.search_backends = sandbox_pool, sandbox_pools, search_backends
         config = search_config(search)
         if config.backend == "embedded" and config.index is None:
             config.index = str(world_index(seed, num_entities, Path(cache_dir) if cache_dir else None, engine))
         self.search_config = config.validate()
         if config.backend == "embedded" and config.cache_mode != "replay":
-            make_backend(config)  # a missing or corrupt index fails here, not in the first episode
+            self._backends().backend(config)  # a missing or corrupt index fails here, not in the first episode
         super().__init__(**kwargs)
+
+    def _backends(self) -> SearchBackends:
+        return DEFAULT_BACKENDS if self.search_backends is None else self.search_backends
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open indexes are files and connections of this process: a copy uses the process-wide ones.
+        return {**super().__getstate__(), "search_backends": None}
 
     # ---- hooks -------------------------------------------------------------------------------
     def load_tasks(self, split: str) -> ListTasks:
@@ -149,8 +162,10 @@ class ResearchCodeEnv(SandboxResources, ToolEnv):
         return Rubric([numeric_exact, (used_search, 0.0), (used_python, 0.0)])
 
     def new_session(self) -> SearchSession:
-        """A fresh per-episode search client over the shared backend."""
-        return SearchSession(make_backend(self.search_config), self.search_config)
+        """A fresh per-episode search client over the shared backend of ``search_backends``."""
+        backends = self._backends()
+        return SearchSession(backends.backend(self.search_config), self.search_config,
+                             cache=backends.cache(self.search_config))
 
     def setup_episode(self, state: EpisodeState) -> None:
         super().setup_episode(state)  # the episode's sandbox

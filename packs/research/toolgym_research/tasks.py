@@ -1,6 +1,6 @@
 """Questions that need both research and computation, generated from the fictional encyclopedia.
 
-Each question names a few entities of :mod:`toolgym.envs.search.world` and asks for a number
+Each question names a few entities of :mod:`toolgym.search.world` and asks for a number
 computed from their numeric facts (a city's founding year and population, a person's birth year,
 an organisation's founding year): a sum of six-digit populations, a product, a mean, a range, a
 filtered sum, a rank lookup. Some facts sit one hop away (the capital of a country, the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from toolgym.envs.search.world import WORLD_VERSION, Entity, World, cached_world
+from toolgym.search.world import WORLD_VERSION, Entity, World, cached_world
 
 TASKS_VERSION = 1  # bump on any change to templates or sampling: generated questions change with it
 QUESTION_SCHEMA_VERSION = 1

@@ -8,12 +8,12 @@ import json
 import pytest
 from toolgym_search_qa import SearchQAEnv
 
-from toolgym.envs.search import SearchServer, build_index, open_index
-from toolgym.envs.search.client import close_backends
-from toolgym.envs.search.errors import IndexNotFoundError
-from toolgym.envs.search.world import articles, cached_world, questions
-from toolgym.envs.search.world_index import world_index
 from toolgym.errors import ConfigError
+from toolgym.search import SearchServer, build_index, open_index
+from toolgym.search.client import close_backends
+from toolgym.search.errors import IndexNotFoundError
+from toolgym.search.world import articles, cached_world, questions
+from toolgym.search.world_index import world_index
 
 SEED, SIZE = 3, 120
 

@@ -1,7 +1,7 @@
 """``toolgym/SearchQA-v0``: answer questions by searching a document collection.
 
 By default the collection is a generated fictional encyclopedia (see
-:mod:`toolgym.envs.search.world`): names and facts are invented from a seed, so answers cannot
+:mod:`toolgym.search.world`): names and facts are invented from a seed, so answers cannot
 come from pretraining, and questions need one to three hops. Its index is built on first use and
 cached on disk, keyed by seed and size. Any corpus indexed with ``toolgym search build`` works
 too: pass ``index=PATH`` and ``questions=FILE`` (JSONL with ``question`` and ``answer``).
@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from toolgym.envs.base import EpisodeState, ToolEnv
-from toolgym.envs.search.client import SearchConfig, SearchSession, make_backend
-from toolgym.envs.search.tools import open_document, search, used_search
-from toolgym.envs.search.world import cached_world, questions
-from toolgym.envs.search.world_index import world_index
+from toolgym.envs.search_tools import open_document, search, used_search
 from toolgym.envs.task import ListTasks, Task
 from toolgym.errors import ConfigError
+from toolgym.search.client import DEFAULT_BACKENDS, SearchBackends, SearchConfig, SearchSession
+from toolgym.search.world import cached_world, questions
+from toolgym.search.world_index import world_index
 from toolgym.verifiers.checks import exact_match, token_f1
 from toolgym.verifiers.rubric import Rubric
 
@@ -58,7 +58,11 @@ def _load_questions(path: str, split: str) -> ListTasks:
 
 
 class SearchQAEnv(ToolEnv):
-    """Answer a question with ``search`` and ``open``; finish with ``Answer: ...``."""
+    """Answer a question with ``search`` and ``open``; finish with ``Answer: ...``.
+
+    ``search_backends`` is the :class:`SearchBackends` that opens the index (or server client):
+    one the caller holds and closes, or by default the process-wide one.
+    """
 
     system_prompt = ("Answer the question using the document collection. Call search to find documents (results "
                      "show [doc_id], title and a snippet) and open to read one. Facts may need several searches. "
@@ -67,8 +71,10 @@ class SearchQAEnv(ToolEnv):
 
     def __init__(self, *, seed: int = 0, num_entities: int = 1000, index: str | None = None,
                  questions: str | None = None, search: SearchConfig | dict[str, Any] | None = None,
-                 cache_dir: str | None = None, engine: str | None = None, size: int | None = None, **kwargs: Any):
+                 cache_dir: str | None = None, engine: str | None = None, size: int | None = None,
+                 search_backends: SearchBackends | None = None, **kwargs: Any):
         self.world_seed, self.num_entities, self._size = seed, num_entities, size
+        self.search_backends = search_backends
         self._questions_path = questions
         if index is not None and questions is None:
             raise ConfigError("index=PATH needs questions=FILE (JSONL with question and answer per line)")
@@ -79,8 +85,15 @@ class SearchQAEnv(ToolEnv):
                                                     engine))
         self.search_config = config.validate()
         if config.backend == "embedded" and config.cache_mode != "replay":
-            make_backend(config)  # a missing or corrupt index fails here, not in the first episode
+            self._backends().backend(config)  # a missing or corrupt index fails here, not in the first episode
         super().__init__(**kwargs)
+
+    def _backends(self) -> SearchBackends:
+        return DEFAULT_BACKENDS if self.search_backends is None else self.search_backends
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open indexes are files and connections of this process: a copy uses the process-wide ones.
+        return {**super().__getstate__(), "search_backends": None}
 
     def load_tasks(self, split: str) -> ListTasks:
         if self._questions_path is not None:
@@ -100,8 +113,10 @@ class SearchQAEnv(ToolEnv):
         return Rubric([exact_match, (token_f1, 0.0), (used_search, 0.0)])
 
     def new_session(self) -> SearchSession:
-        """A fresh per-episode search client over the shared backend."""
-        return SearchSession(make_backend(self.search_config), self.search_config)
+        """A fresh per-episode search client over the shared backend of ``search_backends``."""
+        backends = self._backends()
+        return SearchSession(backends.backend(self.search_config), self.search_config,
+                             cache=backends.cache(self.search_config))
 
     def setup_episode(self, state: EpisodeState) -> None:
         state.resources["search_client"] = self.new_session()

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from toolgym.envs.search.errors import IndexCorruptError
 from toolgym.errors import ConfigError
+from toolgym.search.errors import IndexCorruptError
 
 CACHE_MODES = ("off", "record", "replay")
 

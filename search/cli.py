@@ -1,6 +1,6 @@
 """``toolgym search build|serve|query``: the search commands of the command line.
 
-The main CLI calls :func:`add_subparsers`; ``python -m toolgym.envs.search.cli`` runs them alone.
+The main CLI calls :func:`add_subparsers`; ``python -m toolgym.search.cli`` runs them alone.
 Every failure prints one ``error: ...`` line and exits with status 2; nothing raises to the user.
 """
 
@@ -52,7 +52,7 @@ def add_subparsers(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main_build(args: argparse.Namespace) -> int:
-    from toolgym.envs.search.index import build_index
+    from toolgym.search.index import build_index
 
     manifest = build_index(args.corpus, args.out, engines=args.engines, dense=args.dense,
                            dense_model=args.dense_model, overwrite=args.overwrite)
@@ -64,7 +64,7 @@ def main_build(args: argparse.Namespace) -> int:
 
 
 def main_serve(args: argparse.Namespace) -> int:
-    from toolgym.envs.search.server import serve
+    from toolgym.search.server import serve
 
     serve(args.index, args.host, args.port, mode=args.mode, engine=args.engine, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms)
@@ -72,8 +72,8 @@ def main_serve(args: argparse.Namespace) -> int:
 
 
 def main_query(args: argparse.Namespace) -> int:
-    from toolgym.envs.search.client import SearchConfig, make_backend
-    from toolgym.envs.search.tools import format_hits
+    from toolgym.search.client import SearchConfig, make_backend
+    from toolgym.search.text import format_hits
 
     remote = args.index.startswith("http://")
     config = SearchConfig(backend="server" if remote else "embedded", url=args.index if remote else None,

@@ -1,6 +1,6 @@
-"""The ``search`` and ``open`` tools.
+"""The ``search`` and ``open`` tools, over :mod:`toolgym.search`.
 
-Both take the episode's :class:`~toolgym.envs.search.client.SearchSession` as the hidden argument
+Both take the episode's :class:`~toolgym.search.client.SearchSession` as the hidden argument
 ``search_client`` (an env puts it in ``state.resources["search_client"]``), so the same tools work
 over an embedded index, a server, or recorded results. Failures (an empty query, an unknown id,
 a server that is down) reach the model as an error message; the episode goes on.
@@ -10,23 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolgym.envs.search.base import Hit
-from toolgym.envs.search.client import SearchSession
-from toolgym.envs.search.text import window
-from toolgym.envs.tools import tool
+from toolgym.envs.tools import Tool, tool
+from toolgym.search.client import SearchSession
+from toolgym.search.text import format_hits, window
 
-
-def format_hits(query: str, hits: list[Hit]) -> str:
-    """Search results as the model reads them.
-
-    Example:
-        >>> print(format_hits("q", [Hit("d1", "Alpha", 2.0, "The first letter.", 1)]))
-        1. [d1] Alpha
-           The first letter.
-    """
-    if not hits:
-        return f"No results for {query!r}. Try other words."
-    return "\n".join(f"{h.rank}. [{h.doc_id}] {h.title}\n   {h.snippet}" for h in hits)
+__all__ = ["SEARCH_TOOLS", "format_hits", "open_document", "search", "used_search"]
 
 
 @tool(timeout=30.0, hidden=("search_client",))
@@ -55,6 +43,9 @@ async def open_document(doc_id: str, search_client: SearchSession, offset: int =
     resume = end + len(rest) - len(rest.lstrip())  # the next word, so the next window starts exactly there
     tail = f"\n[continues: call open with offset={resume}]" if rest.strip() else ""
     return head + passage + tail
+
+
+SEARCH_TOOLS: tuple[Tool, ...] = (search, open_document)
 
 
 def used_search(tool_calls: list[Any]) -> float:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from toolgym.envs.search.errors import QueryError
+from toolgym.search.base import Hit
+from toolgym.search.errors import QueryError
 
 MAX_QUERY_CHARS = 2_000
 MAX_QUERY_TERMS = 32
@@ -99,6 +100,19 @@ def _sentence_start(text: str, pos: int, width: int) -> int:
     # Begin at the start of the sentence holding the first hit when it is close, so snippets read well.
     back = text.rfind(". ", max(0, pos - width // 3), pos)
     return back + 2 if back != -1 else pos
+
+
+def format_hits(query: str, hits: list[Hit]) -> str:
+    """Search results as the model reads them (the ``search`` tool and ``toolgym search query`` print this).
+
+    Example:
+        >>> print(format_hits("q", [Hit("d1", "Alpha", 2.0, "The first letter.", 1)]))
+        1. [d1] Alpha
+           The first letter.
+    """
+    if not hits:
+        return f"No results for {query!r}. Try other words."
+    return "\n".join(f"{h.rank}. [{h.doc_id}] {h.title}\n   {h.snippet}" for h in hits)
 
 
 def window(text: str, offset: int, length: int) -> tuple[str, int, int]:

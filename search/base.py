@@ -2,7 +2,7 @@
 
 * :class:`Ranker` ranks the rows of a document store for a query. Lexical engines (SQLite FTS5,
   ``bm25s``, ``tantivy``), the dense engine and fusion are rankers; a new engine plugs in by
-  implementing it (and a builder, see :mod:`toolgym.envs.search.engines`).
+  implementing it (and a builder, see :mod:`toolgym.search.engines`).
 * :class:`SearchBackend` answers the tools: ``search`` returns :class:`Hit` records with snippets
   and ``get`` returns a :class:`Document`. The embedded index and the HTTP client both are one,
   so tools do not know (or care) whether the index is in-process or behind a server.

@@ -10,8 +10,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError, require_engine_package
-from toolgym.envs.search.text import query_terms
+from toolgym.search.errors import IndexCorruptError, IndexNotFoundError, require_engine_package
+from toolgym.search.text import query_terms
 
 TITLE_BOOST = 2.0
 _DIR = "tantivy"

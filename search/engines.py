@@ -1,7 +1,7 @@
 """The ranker registry: engine names to builder/opener classes, imported only when used.
 
 A new engine registers a class with ``name``, ``build(rows, out_dir)``, ``open(out_dir)`` and the
-:class:`~toolgym.envs.search.base.Ranker` methods (the class itself, or where to import it from)::
+:class:`~toolgym.search.base.Ranker` methods (the class itself, or where to import it from)::
 
     register_engine("myengine", "mypkg.module:MyRanker")
 """
@@ -15,9 +15,9 @@ from typing import Any
 from toolgym.errors import ConfigError
 
 ENGINES: dict[str, Any] = {
-    "tantivy": "toolgym.envs.search.tantivy_engine:TantivyRanker",
-    "fts5": "toolgym.envs.search.fts5:Fts5Ranker",
-    "bm25s": "toolgym.envs.search.bm25s_engine:Bm25sRanker",
+    "tantivy": "toolgym.search.tantivy_engine:TantivyRanker",
+    "fts5": "toolgym.search.fts5:Fts5Ranker",
+    "bm25s": "toolgym.search.bm25s_engine:Bm25sRanker",
 }
 # Chosen by bench/search.py: tantivy answers in about a millisecond on 100k documents where FTS5
 # takes tens (it scores every matching document), and builds faster than bm25s.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError, require_engine_package
-from toolgym.envs.search.text import STOPWORDS, query_terms
+from toolgym.search.errors import IndexCorruptError, IndexNotFoundError, require_engine_package
+from toolgym.search.text import STOPWORDS, query_terms
 
 _WORD = re.compile(r"[^\W_]+")  # the query word rule (see text.py)
 _DIR = "bm25s"

@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolgym.envs.search.base import Document, Hit, IndexInfo, Ranker
-from toolgym.envs.search.corpus import read_corpus
-from toolgym.envs.search.docstore import DocStore, DocstoreWriter
-from toolgym.envs.search.engines import DEFAULT_ENGINE, available_engine, engine_class
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError
-from toolgym.envs.search.text import check_k, query_terms, snippet
 from toolgym.errors import ConfigError
+from toolgym.search.base import Document, Hit, IndexInfo, Ranker
+from toolgym.search.corpus import read_corpus
+from toolgym.search.docstore import DocStore, DocstoreWriter
+from toolgym.search.engines import DEFAULT_ENGINE, available_engine, engine_class
+from toolgym.search.errors import IndexCorruptError, IndexNotFoundError
+from toolgym.search.text import check_k, query_terms, snippet
 
 MANIFEST = "manifest.json"
 INDEX_SCHEMA_VERSION = 1
@@ -80,7 +80,7 @@ def build_index(corpus: str | Path | Iterable[Any], out_dir: str | Path, *, engi
         dense: Also embed every document for dense and hybrid search.
         dense_model: Embedding model (default: the packaged all-MiniLM-L6-v2).
         overwrite: Replace an existing index at ``out_dir``.
-        embedder: An already loaded :class:`~toolgym.envs.search.dense.Embedder` to reuse.
+        embedder: An already loaded :class:`~toolgym.search.dense.Embedder` to reuse.
 
     Example:
         >>> import tempfile
@@ -125,7 +125,7 @@ def build_index(corpus: str | Path | Iterable[Any], out_dir: str | Path, *, engi
             stats[f"{cls.name}_s"] = time.perf_counter() - t0
         model = None
         if dense:
-            from toolgym.envs.search.dense import DEFAULT_MODEL, DenseRanker
+            from toolgym.search.dense import DEFAULT_MODEL, DenseRanker
 
             model = dense_model or DEFAULT_MODEL
             t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def build_index(corpus: str | Path | Iterable[Any], out_dir: str | Path, *, engi
 class SearchIndex:
     """An opened index: a ranker over the document store, answering with hits and documents.
 
-    Implements :class:`~toolgym.envs.search.base.SearchBackend`; thread-safe for searching.
+    Implements :class:`~toolgym.search.base.SearchBackend`; thread-safe for searching.
     """
 
     def __init__(self, index_dir: Path, manifest: Manifest, store: DocStore, ranker: Ranker, mode: str,
@@ -215,7 +215,7 @@ def open_index(index_dir: str | Path, *, mode: str = "lexical", engine: str | No
             raise ConfigError(f"{path} was built with {manifest.engines}, not {name!r}")
         rankers.append(engine_class(name).open(path))
     if mode in ("dense", "hybrid"):
-        from toolgym.envs.search.dense import DenseRanker, FusionRanker
+        from toolgym.search.dense import DenseRanker, FusionRanker
 
         rankers.append(DenseRanker.open(path, embedder=embedder))
         if mode == "hybrid":

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError
-from toolgym.envs.search.text import query_terms
+from toolgym.search.errors import IndexCorruptError, IndexNotFoundError
+from toolgym.search.text import query_terms
 
 TITLE_WEIGHT = 2.0  # a match in the title counts twice a match in the body (bm25() column weights)
 _FILE = "fts5.sqlite"

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from toolgym.envs.search.base import Document
 from toolgym.errors import ConfigError
+from toolgym.search.base import Document
 
 ID_FIELDS = ("id", "doc_id", "_id", "docid")
 TEXT_FIELDS = ("text", "contents", "body", "content")

@@ -1,8 +1,9 @@
 """Search configuration and the per-episode search client the tools use.
 
 :class:`SearchConfig` says where results come from (an embedded index or a server) and how they
-are cached. :func:`make_backend` opens the backend once per process and shares it across envs and
-episodes; :class:`SearchSession` is the per-episode client: it validates requests, remembers
+are cached. :class:`SearchBackends` opens each backend once and shares it across envs and episodes
+until it is closed (:func:`make_backend` uses the process-wide :data:`DEFAULT_BACKENDS`);
+:class:`SearchSession` is the per-episode client: it validates requests, remembers
 this episode's results (a repeated query is free) and records or replays results by
 ``(index version, query, k)``.
 """
@@ -10,16 +11,18 @@ this episode's results (a repeated query is free) and records or replays results
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolgym.envs.search.base import Document, Hit, SearchBackend
-from toolgym.envs.search.cache import ResultCache, check_mode
-from toolgym.envs.search.errors import ReplayMissError, SearchError
-from toolgym.envs.search.text import check_k, query_terms
 from toolgym.errors import ConfigError
+from toolgym.search.base import Document, Hit, SearchBackend
+from toolgym.search.cache import ResultCache, check_mode
+from toolgym.search.errors import ReplayMissError, SearchError
+from toolgym.search.text import check_k, query_terms
 
 BACKENDS = ("embedded", "server")
 
@@ -74,47 +77,117 @@ class SearchConfig:
         return self
 
 
-_OPEN: dict[tuple[Any, ...], SearchBackend] = {}  # shared backends (and result caches) of this process
-_OPEN_LOCK = threading.Lock()
-
-
-def make_backend(config: SearchConfig) -> SearchBackend:
-    """The backend ``config`` names, opened once per process and shared (indexes are read-only)."""
-    config.validate()
+def _backend_opener(config: SearchConfig) -> tuple[tuple[Any, ...], Callable[[], SearchBackend]]:
+    """(identity, opener) of the backend ``config`` names: equal identities share one open backend."""
     if config.backend == "server":
-        from toolgym.envs.search.remote import HttpBackend
+        from toolgym.search.remote import HttpBackend
 
-        key: tuple[Any, ...] = ("server", config.url, config.timeout_s, config.retries)
-        factory: Any = lambda: HttpBackend(str(config.url), config.timeout_s, config.retries)  # noqa: E731
-    else:
-        from toolgym.envs.search.index import open_index
+        return (("server", config.url, config.timeout_s, config.retries),
+                lambda: HttpBackend(str(config.url), config.timeout_s, config.retries))
+    from toolgym.search.index import open_index
 
-        key = ("embedded", str(Path(str(config.index)).resolve()), config.mode, config.engine, config.snippet_chars)
-        factory = lambda: open_index(str(config.index), mode=config.mode, engine=config.engine,  # noqa: E731
-                                     snippet_chars=config.snippet_chars)
-    with _OPEN_LOCK:
-        if key not in _OPEN:
-            _OPEN[key] = factory()
-        return _OPEN[key]
+    return (("embedded", str(Path(str(config.index)).resolve()), config.mode, config.engine, config.snippet_chars),
+            lambda: open_index(str(config.index), mode=config.mode, engine=config.engine,
+                               snippet_chars=config.snippet_chars))
 
 
-def shared_cache(config: SearchConfig) -> ResultCache | None:
-    """The result cache ``config`` names, one per file per process (``None`` when caching is off)."""
-    if config.cache_mode == "off":
-        return None
-    key = ("cache", str(Path(str(config.cache_path)).resolve()))
-    with _OPEN_LOCK:
-        if key not in _OPEN:
-            _OPEN[key] = ResultCache(str(config.cache_path))  # type: ignore[assignment]
-        return _OPEN[key]  # type: ignore[return-value]
+class SearchBackends:
+    """Open search backends and result caches, one per distinct configuration, closed together.
 
+    Indexes are read-only, so every env and episode with the same index (or server) shares one
+    open backend. :meth:`close` closes them all and refuses later requests with a
+    :class:`~toolgym.search.errors.SearchError`; :meth:`clear` closes them but keeps the holder
+    usable. :data:`DEFAULT_BACKENDS` is the process-wide holder, closed at interpreter exit.
 
-def close_backends() -> None:
-    """Close every shared backend and cache (tests; long-lived processes switching indexes)."""
-    with _OPEN_LOCK:
-        for backend in _OPEN.values():
-            backend.close()
-        _OPEN.clear()
+    Example:
+        >>> import tempfile
+        >>> from toolgym.search.index import build_index
+        >>> out = tempfile.mkdtemp() + "/idx"
+        >>> _ = build_index([{"id": "a", "title": "Alpha", "text": "first letter"}], out, engines=["fts5"])
+        >>> with SearchBackends() as backends:
+        ...     session = backends.session(SearchConfig(index=out))
+        ...     [h.doc_id for h in session.search_sync("letter")], len(backends)
+        (['a'], 1)
+        >>> backends.backend(SearchConfig(index=out))
+        Traceback (most recent call last):
+        ...
+        toolgym.search.errors.SearchError: these search backends are closed (SearchBackends.close() was called)
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[Any, ...], Any] = {}  # backends and result caches, by identity
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _get(self, key: tuple[Any, ...], opener: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._closed:
+                raise SearchError("these search backends are closed (SearchBackends.close() was called)")
+            if key not in self._open:
+                self._open[key] = opener()
+            return self._open[key]
+
+    def backend(self, config: SearchConfig) -> SearchBackend:
+        """The backend ``config`` names, opened on first use and shared.
+
+        Raises:
+            ConfigError: ``config`` is invalid.
+            SearchError: The holder is closed, or the index cannot be opened.
+        """
+        config.validate()
+        key, opener = _backend_opener(config)
+        return self._get(key, opener)
+
+    def cache(self, config: SearchConfig) -> ResultCache | None:
+        """The result cache ``config`` names, one per file (``None`` when caching is off)."""
+        if config.cache_mode == "off":
+            return None
+        return self._get(("cache", str(Path(str(config.cache_path)).resolve())),
+                         lambda: ResultCache(str(config.cache_path)))
+
+    def session(self, config: SearchConfig) -> SearchSession:
+        """A fresh episode client over this holder's backend and cache for ``config``.
+
+        In replay mode a backend that cannot be opened is not needed: recorded results suffice.
+        """
+        config.validate()
+        try:
+            backend: SearchBackend | None = self.backend(config)
+        except SearchError:
+            if config.cache_mode != "replay" or self._closed:
+                raise
+            backend = None
+        return SearchSession(backend, config, cache=self.cache(config))
+
+    def clear(self) -> None:
+        """Close every backend and cache opened so far; later requests open fresh ones."""
+        with self._lock:
+            opened = list(self._open.values())
+            self._open.clear()
+        for item in opened:
+            item.close()
+
+    def close(self) -> None:
+        """Close everything and refuse later requests; idempotent."""
+        with self._lock:
+            self._closed = True
+        self.clear()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __len__(self) -> int:
+        """How many backends and caches are open."""
+        with self._lock:
+            return len(self._open)
+
+    def __enter__(self) -> SearchBackends:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SearchSession:
@@ -122,7 +195,7 @@ class SearchSession:
 
     Example:
         >>> import tempfile
-        >>> from toolgym.envs.search.index import build_index, open_index
+        >>> from toolgym.search.index import build_index, open_index
         >>> out = tempfile.mkdtemp() + "/idx"
         >>> _ = build_index([{"id": "a", "title": "Alpha", "text": "first letter"}], out, engines=["fts5"])
         >>> session = SearchSession(open_index(out), SearchConfig(index=out))
@@ -202,16 +275,29 @@ class SearchSession:
         return await asyncio.to_thread(getattr(self.backend, method), *args)
 
 
+DEFAULT_BACKENDS = SearchBackends()
+"""The process-wide backends behind :func:`make_backend` and :func:`new_session`; closed at exit."""
+atexit.register(DEFAULT_BACKENDS.close)
+
+
+def make_backend(config: SearchConfig) -> SearchBackend:
+    """The :data:`DEFAULT_BACKENDS` backend ``config`` names, opened once per process and shared."""
+    return DEFAULT_BACKENDS.backend(config)
+
+
+def shared_cache(config: SearchConfig) -> ResultCache | None:
+    """The :data:`DEFAULT_BACKENDS` result cache ``config`` names (``None`` when caching is off)."""
+    return DEFAULT_BACKENDS.cache(config)
+
+
+def close_backends() -> None:
+    """Close every :data:`DEFAULT_BACKENDS` backend and cache (tests; processes switching indexes)."""
+    DEFAULT_BACKENDS.clear()
+
+
 def new_session(config: SearchConfig) -> SearchSession:
-    """A fresh episode client over the shared backend ``config`` names.
+    """A fresh episode client over the :data:`DEFAULT_BACKENDS` backend ``config`` names.
 
     In replay mode a backend that cannot be opened is not needed: recorded results suffice.
     """
-    config.validate()
-    try:
-        backend: SearchBackend | None = make_backend(config)
-    except SearchError:
-        if config.cache_mode != "replay":
-            raise
-        backend = None
-    return SearchSession(backend, config)
+    return DEFAULT_BACKENDS.session(config)

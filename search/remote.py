@@ -1,9 +1,9 @@
 """The HTTP client of the search server, sync (``http.client``) and async (asyncio streams).
 
-It implements :class:`~toolgym.envs.search.base.SearchBackend`, so tools use a server exactly
+It implements :class:`~toolgym.search.base.SearchBackend`, so tools use a server exactly
 like an embedded index. It keeps no connection or event-loop state between calls, so one
 instance serves any number of threads and event loops. A server that cannot be reached or fails
-becomes :class:`~toolgym.envs.search.errors.SearchUnavailableError` after ``retries``.
+becomes :class:`~toolgym.search.errors.SearchUnavailableError` after ``retries``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from toolgym.envs.search.base import Document, Hit, IndexInfo
-from toolgym.envs.search.errors import QueryError, SearchError, SearchUnavailableError
 from toolgym.errors import ConfigError
+from toolgym.search.base import Document, Hit, IndexInfo
+from toolgym.search.errors import QueryError, SearchError, SearchUnavailableError
 
 _RETRY_STATUSES = (502, 503, 504)
 

@@ -1,6 +1,6 @@
 """The search index of a generated encyclopedia, built once per (seed, size, engine) and cached.
 
-Environments that search the fictional world of :mod:`toolgym.envs.search.world` share these
+Environments that search the fictional world of :mod:`toolgym.search.world` share these
 indexes: many workers may ask for the same one at once, so one builds it under a file lock and
 the others wait and reuse it.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
-from toolgym.envs.search.engines import available_engine
-from toolgym.envs.search.index import build_index
-from toolgym.envs.search.world import WORLD_VERSION, articles, cached_world
 from toolgym.paths import cache_path
+from toolgym.search.engines import available_engine
+from toolgym.search.index import build_index
+from toolgym.search.world import WORLD_VERSION, articles, cached_world
 
 
 def world_index(seed: int, num_entities: int, cache_dir: Path | None = None, engine: str | None = None) -> Path:

