@@ -127,7 +127,10 @@ def trl_trainer(model: Any, tokenizer: Any, dataset: Any, replay: Replay, steps:
                       max_steps=steps, learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0,
                       max_grad_norm=1.0, loss_type="dapo", epsilon=0.2, beta=0.0, scale_rewards="group",
                       optim="adamw_torch", logging_steps=1, report_to="none", save_strategy="no",
-                      use_cpu=True, disable_tqdm=True, seed=0)
+                      use_cpu=True, disable_tqdm=True, seed=0,
+                      # GRPOConfig defaults to bf16 autocast and gradient checkpointing; ours trains in
+                      # float32 without checkpointing, so both are off here (on a CPU they made TRL's step ~6x slower)
+                      bf16=False, gradient_checkpointing=False)
     trainer = GRPOTrainer(model=model, reward_funcs=[toolgym_reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=replay, callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # keep stdout for the result

@@ -29,7 +29,7 @@ import gymnasium as gym
 
 from toolgym.aio import run_in_new_thread
 from toolgym.envs.parsing import ParsedTurn, ToolCall, parse_action
-from toolgym.envs.report import ToolOutcome, TurnReport
+from toolgym.envs.report import MALFORMED_KINDS, ToolOutcome, TurnReport
 from toolgym.envs.spaces import AssistantTurn, Chat
 from toolgym.envs.task import Task, TaskSource
 from toolgym.envs.tools import Tool, ToolResult, as_tool
@@ -243,14 +243,14 @@ class ToolEnv(gym.Env):
         state = self.state
         assert state is not None
         state.turn += 1
-        outcomes = [ToolOutcome(name=c.name or "invalid", ok=r.ok, error=r.error, elapsed_s=r.elapsed_s,
-                                chars=len(r.content)) for c, r in zip(calls, results, strict=True)]
-        state.malformed_calls += sum(o.malformed for o in outcomes)
-        state.tool_errors += sum(not o.ok for o in outcomes)
-        state.calls.extend(calls)
+        outcomes = []
         for call, result in zip(calls, results, strict=True):
-            state.messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name or "invalid",
-                                   "content": result.content})
+            name = call.name or "invalid"
+            outcomes.append(ToolOutcome(name, result.ok, result.error, result.elapsed_s, len(result.content)))
+            state.tool_errors += not result.ok
+            state.malformed_calls += result.error in MALFORMED_KINDS
+            state.messages.append({"role": "tool", "tool_call_id": call.id, "name": name, "content": result.content})
+        state.calls.extend(calls)
         inputs = {**self.rubric_inputs(state), "turn_calls": calls, "turn_results": results}
         report = TurnReport(task_id=state.task.id, turn=state.turn, turn_reward=self.rubric.score_turn(**inputs),
                             terminated=state.done or not calls, tools=outcomes)

@@ -18,7 +18,7 @@ from toolgym.errors import ErrorRecord
 MALFORMED_KINDS = frozenset({"parse", "unknown_tool", "bad_arguments"})  # ToolResult.error values the model caused
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # slots: built for every call of every turn, on the env's hot path
 class ToolOutcome:
     """One tool call of a turn: which tool, whether it succeeded, why not, how long it took.
 
@@ -39,7 +39,7 @@ class ToolOutcome:
         return self.error in MALFORMED_KINDS
 
 
-@dataclass
+@dataclass(slots=True)
 class TurnReport:
     """What one turn produced.
 
@@ -94,9 +94,13 @@ class TurnReport:
 
     def to_info(self) -> dict[str, Any]:
         """Gymnasium's ``info`` for this step; the report itself is under ``"report"``."""
+        errors = malformed = 0
+        for t in self.tools:
+            errors += not t.ok
+            malformed += t.error in MALFORMED_KINDS
         info: dict[str, Any] = {"task_id": self.task_id, "turn": self.turn, "turn_reward": self.turn_reward,
-                                **self.extra, "tool_calls": self.tool_calls, "tool_errors": self.tool_errors,
-                                "malformed_calls": self.malformed_calls,
+                                **self.extra, "tool_calls": len(self.tools), "tool_errors": errors,
+                                "malformed_calls": malformed,
                                 "total_malformed_calls": self.total_malformed_calls, "sandbox_s": self.sandbox_s}
         if self.ended:
             info.update(final_reward=self.final_reward, rubric=dict(self.rubric), answer=self.answer,

@@ -104,7 +104,7 @@ def test_factory_exposes_env_tools_with_their_schema() -> None:
     assert env.calculator(expression="2 +").startswith("Error:")  # the tool's own error text
     assert env.calculator(expression="6 * 7") == "42"
     state = env.env.state
-    assert state.task.id == "arith-train-3" and state.tool_calls == 2 and state.tool_errors == 1
+    assert state.task.id == "arith-train-3" and len(state.tool_calls) == 2 and state.tool_errors == 1
 
 
 def test_reset_without_task_id_returns_the_task_text() -> None:
