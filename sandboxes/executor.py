@@ -11,9 +11,20 @@ started its own session/process group, raised its OOM score, dropped to the slot
 the work directory, and waits for its request. It then kills every other process of its uid
 (whatever earlier runs left), sets rlimits (CPU, AS, NPROC, FSIZE, NOFILE), runs the code, kills
 every other process of its uid again (``kill(-1)`` as that uid reaches ``setsid`` escapes too)
-and reports. The executor enforces the wall-clock timeout and the output cap; on a
+and exits. The executor enforces the wall-clock timeout and the output cap; on a
 kill it SIGKILLs the child's process group and sweeps the uid itself. The stateful Python session
-is one long-lived child per session (uid of its own) that executes successive cells.
+is one long-lived child per session (uid of its own) that executes successive cells; it is stopped
+(SIGSTOP) between cells, so nothing it started runs while no cell does.
+
+Who decides a result: a run's exit code or signal comes from ``waitpid`` (the zygote's or the
+executor's), timeout and output truncation from the executor's own timers and counters, an OOM
+kill from the container's cgroup counter. Nothing the code can write decides them: a run child's
+report on fd 3 is read only after it exited, capped, and only tells a failing run's MemoryError
+(``oom``) from another failure. A REPL cell is over when its process has *stopped* itself after
+reporting, not when a report arrives, so a forged report cannot end a cell that keeps running;
+whether the cell raised is the session's own report (a cell can claim only what it could also
+achieve by catching its own exception). Every channel a child can write is length-capped; a bad
+frame ends that run or session with a typed result and is not logged.
 
 The executor exits by itself when its host-side owner goes away (all connections closed and none
 new within ``--orphan-grace`` seconds), so a SIGKILLed parent leaves no running sandbox behind.
@@ -42,8 +53,9 @@ import traceback
 # imported at the bottom, when this file runs as the executor. The zygote imports it as a module
 # without them, because every fork and exit pays for the zygote's size (see Zygote).
 
-PROTOCOL_VERSION = 1
-MAX_FRAME = 256 * 1024 * 1024
+PROTOCOL_VERSION = 2
+MAX_FRAME = 256 * 1024 * 1024  # host <-> executor (the host is trusted; replies carry files)
+MAX_REPORT = 1024  # a child's report to the executor: a few small fields
 _LEN = struct.Struct(">I")
 # Standard streams for run children, built once by the zygote over fds 0-2 (see _prime_zygote).
 _CHILD_STDIO: tuple = ()
@@ -55,12 +67,12 @@ def send_frame(sock: socket.socket, obj: dict) -> None:
     sock.sendall(_LEN.pack(len(data)) + data)
 
 
-def pop_frames(buf: bytearray) -> list:
-    """Remove and return every complete frame at the head of ``buf``."""
+def pop_frames(buf: bytearray, limit: int = MAX_FRAME) -> list:
+    """Remove and return every complete frame at the head of ``buf`` (``ValueError`` past ``limit``)."""
     out = []
     while len(buf) >= 4:
         (n,) = _LEN.unpack_from(buf)
-        if n > MAX_FRAME:
+        if n > limit:
             raise ValueError("frame too large")
         if len(buf) < 4 + n:
             break
@@ -111,6 +123,7 @@ def _enter_child(spec: dict, fds: tuple, keep: tuple) -> tuple:
     # wrappers convert to and from enums, which costs more than the system calls.)
     for sig in (signal.SIGTERM, signal.SIGCHLD):
         _signal.signal(sig, _signal.SIG_DFL)
+    _signal.set_wakeup_fd(-1)  # the executor's wakeup pipe is closed below; its number may be reused
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
     gc.enable()
     try:
@@ -341,7 +354,7 @@ def child_run(spec: dict, fds: tuple, status_w: int, cmd_r: int = -1) -> None:
         os.write(status_w, _status_frame(code, kind))
     except OSError:
         pass
-    os._exit(code & 0xFF if code >= 0 else 1)
+    os._exit(code & 0xFF if code >= 0 else 128 - code)  # a shell killed by signal N exits 128+N, as sh says
 
 
 def child_file_op(spec: dict, fds: tuple, status_w: int) -> None:
@@ -367,27 +380,72 @@ def child_file_op(spec: dict, fds: tuple, status_w: int) -> None:
     os._exit(0)
 
 
+def _fd_id(fd: int) -> tuple:
+    try:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return ()
+
+
+def _cell_cpu_limit(cpu_s: float | None) -> None:
+    """Give this cell ``cpu_s`` seconds of CPU beyond what the session used so far (RLIMIT_CPU
+    counts a process's lifetime, so a fixed limit would let a few long cells end the session)."""
+    if not cpu_s:
+        return
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(used.ru_utime + used.ru_stime + float(cpu_s)) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)  # the code may have lowered it; it cannot be raised back
+    try:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def child_repl(spec: dict, fds: tuple, cmd_r: int, ctl_w: int) -> None:
-    """Long-lived REPL child: reads code cells from ``cmd_r``, reports each on ``ctl_w``."""
+    """Long-lived REPL child: runs code cells from ``cmd_r``, reports each on ``ctl_w``, then stops.
+
+    Before each cell its standard streams are put back (a cell that closed fd 1 does not silence
+    the next) and it gets a CPU budget of its own. After the report the process stops itself with
+    SIGSTOP: the executor ends the cell only once it is stopped and continues it (SIGCONT) for the
+    next one, so threads a cell left behind cannot run between cells. The report says how many such
+    threads live and whether the saved streams are intact (else the executor restarts the session).
+    """
     try:
         cmd_r, ctl_w = _enter_child(spec, fds, (cmd_r, ctl_w))
-        _set_limits(spec.get("limits") or {})
-        _fresh_stdio()
+        for fd in (cmd_r, ctl_w):
+            os.set_inheritable(fd, False)  # a shell the code starts must not write the report channel
+        limits = dict(spec.get("limits") or {})
+        limits.pop("cpu_s", None)  # per cell, see _cell_cpu_limit
+        _set_limits(limits)
+        saved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in (0, 1, 2))
+        ids = tuple(_fd_id(fd) for fd in saved)
         sys.argv = ["-c"]
         sys.path.insert(0, os.getcwd())
         glb = {"__name__": "__main__", "__builtins__": builtins}
-        reader = os.fdopen(cmd_r, "rb", buffering=0)
         buf = bytearray()
         while True:
-            chunk = reader.read(65536)
+            chunk = os.read(cmd_r, 65536)
             if not chunk:
                 os._exit(0)
             buf += chunk
             for cell in pop_frames(buf):
+                # Drop the last cell's streams first: text left in them when the cell closed its fd
+                # must not come out in this cell once the fd is back.
+                sys.stdin = sys.stdout = sys.stderr = None
+                for fd, copy in enumerate(saved):
+                    os.dup2(copy, fd)
+                sys.stdin, sys.stdout, sys.stderr = _open_stdio()
+                _cell_cpu_limit(cell.get("cpu_s"))
                 _write_files(cell.get("files"))
                 code, kind = _run_cell(cell["code"], glb, "<cell>")
                 _sweep_self(spec)
-                os.write(ctl_w, _frame({"exit": code, "kind": kind}))
+                report = {"exit": code, "kind": kind, "threads": len(os.listdir("/proc/self/task")) - 1,
+                          "streams_ok": tuple(_fd_id(fd) for fd in saved) == ids}
+                os.write(ctl_w, _frame(report))
+                os.kill(os.getpid(), signal.SIGSTOP)
     except BaseException:
         os._exit(70)
 
@@ -417,6 +475,55 @@ def sweep_uid(uid: int, attempts: int = 40) -> bool:
         os.waitpid(pid, 0)
         time.sleep(0.002)
     return not uid_processes(uid)
+
+
+_SYSVIPC = (("shm", "shmctl", 1, 7, 9), ("msg", "msgctl", 1, 7, 9), ("sem", "semctl", 1, 4, 6))  # kind, call, id/uid/cuid columns
+
+
+def _ipc_ids(uids: tuple) -> list:
+    """(kind, id) of every SysV IPC object (shared memory, message queue, semaphore set) that one of
+    ``uids`` owns or created: they outlive every process, so an episode's would reach the next."""
+    found = []
+    for kind, _, id_col, uid_col, cuid_col in _SYSVIPC:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            try:
+                if int(cols[uid_col]) in uids or int(cols[cuid_col]) in uids:
+                    found.append((kind, int(cols[id_col])))
+            except (IndexError, ValueError):
+                pass
+    return found
+
+
+def remove_ipc(uid: int) -> bool:
+    """Remove every SysV IPC object of ``uid`` (as that uid: its owner may, no capability needed);
+    True when none is left."""
+    if not _ipc_ids((uid,)):
+        return True
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            calls = {kind: getattr(libc, call) for kind, call, *_ in _SYSVIPC}
+            for kind, ipc_id in _ipc_ids((uid,)):
+                if kind == "sem":
+                    calls[kind](ipc_id, 0, 0)  # IPC_RMID is 0
+                else:
+                    calls[kind](ipc_id, 0, None)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return not _ipc_ids((uid,))
 
 
 def uid_processes(uid: int) -> list:
@@ -453,6 +560,15 @@ def _read_oom_kills() -> int:
         if at >= 0:
             return int(data[at + 9:].split(None, 1)[0])
     return -1
+
+
+def _rss_kb() -> int:
+    """This process's resident memory (the executor's must stay bounded whatever children write)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return int(next(line for line in fh if line.startswith("VmRSS:")).split()[1])
+    except (OSError, StopIteration, ValueError, IndexError):
+        return -1
 
 
 class Zygote:
@@ -638,6 +754,8 @@ class Job:
         self.via_zygote = False
         self.oom_before = _read_oom_kills()
         self.ctl_buf = bytearray()
+        self.report: dict | None = None  # a cell's report, taken once its process stopped
+        self.bad_report = False  # the child wrote something other than one small report
         self.sess = conn.session
         conn.job = self
 
@@ -660,6 +778,16 @@ class Executor:
         self.zwarm: set = set()  # prepared zygote children not yet handed a request
         self.zexited: dict = {}  # pid -> wait status of prepared children that died unused
         self.sel = selectors.DefaultSelector()
+        # A REPL cell ends when its process stops (see child_repl): SIGCHLD tells us, through a pipe.
+        self.cells: set = set()  # cell jobs whose process has not stopped yet
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.wake_r = wake_r
+        self.sel.register(wake_r, selectors.EVENT_READ, ("sigchld", None))
+        self.logged: list = []  # times of recent logged errors (rate limit, see _log_error)
         self.drop = not args.no_drop and os.geteuid() == 0
         self.slots: dict = {}
         self.conns = 0
@@ -710,7 +838,8 @@ class Executor:
         clean = True
         if self.drop:
             clean = sweep_uid(sess.uid_run) and sweep_uid(sess.uid_repl)
-            for tmp in ("/tmp", "/dev/shm", "/var/tmp"):
+            clean = remove_ipc(sess.uid_run) and remove_ipc(sess.uid_repl) and clean
+            for tmp in ("/tmp", "/dev/shm", "/var/tmp", "/dev/mqueue"):
                 self._wipe_owned(tmp, (sess.uid_run, sess.uid_repl))
         self._fresh_dir(sess)
         try:
@@ -862,9 +991,10 @@ class Executor:
         for fd, tag in ((job.out_r, "out"), (job.err_r, "err")):
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, (tag, job))
-        if job.kind != "file":
+        if job.kind == "cell":  # a run's report is read once it exited (see finish), a cell's as it comes
             os.set_blocking(job.status_r, False)
             self.sel.register(job.status_r, selectors.EVENT_READ, ("ctl", job))
+            self.cells.add(job)
         if job.via_zygote:
             self.zjobs[job.pid] = job
         else:
@@ -912,11 +1042,14 @@ class Executor:
         if restarted:
             sess.repl = self._start_repl(sess, req)
         repl = sess.repl
-        msg = json.dumps({"code": req.get("code", ""), "files": req.get("files")}).encode()
+        cpu_s = (req.get("limits") or {}).get("cpu_s")
+        msg = json.dumps({"code": req.get("code", ""), "files": req.get("files"), "cpu_s": cpu_s}).encode()
         job = Job(conn, "cell", repl["pid"], repl["out_r"], repl["err_r"], repl["ctl_r"],
                   time.monotonic() + float(req.get("timeout") or self.args.default_timeout),
                   int(req.get("output_limit") or 1 << 20), repl["pid"])
         try:
+            if not restarted:
+                os.kill(repl["pid"], signal.SIGCONT)  # it stopped itself after the last cell
             os.write(repl["cmd_w"], _LEN.pack(len(msg)) + msg)  # the REPL is idle between cells, so it drains this
         except OSError:
             pass
@@ -954,8 +1087,9 @@ class Executor:
     def finish(self, job: Job, status: dict | None) -> None:
         """Collect a finished (or killed) job, clean up after it and answer its connection.
 
-        A run that reported its status has already swept its uid; it is answered at once and its
-        exit is collected later (the reply does not wait for the kernel to tear the process down).
+        Called once a run's process exited (its wait status is known), once a cell's process
+        stopped after its report, or when a connection goes away. A run that got as far as its
+        report has already swept its uid; one that did not is swept here.
         """
         if job.done:
             return
@@ -967,11 +1101,12 @@ class Executor:
                 self.sel.unregister(fd)
             except (KeyError, ValueError):
                 pass
+        self.cells.discard(job)
         self._drain(job, job.out_r, job.out)
         self._drain(job, job.err_r, job.err)
         sess = job.sess
-        if job.kind == "run" and status is None:
-            status = self._read_status(job)
+        if job.kind == "run":
+            status = self._read_report(job)
         if job.kind != "cell":
             for fd in (job.out_r, job.err_r, job.status_r):
                 os.close(fd)
@@ -987,10 +1122,8 @@ class Executor:
         else:
             os.close(job.pidfd)
         reply = self._classify(job, status)
-        if job.kind == "cell" and (job.timed_out or job.truncated or job.exited):
-            # The REPL child is dead or was killed: its state is gone; the next cell starts a fresh one.
-            self._stop_repl(sess)
-            reply["note"] = "The Python session was restarted; earlier variables are gone."
+        if job.kind == "cell":
+            self._after_cell(job, status, reply)
         elif job.kind == "run" and self.drop and (status is None or job.timed_out or job.truncated):
             sweep_uid(sess.uid_run)
         if job.kind == "file":
@@ -1025,36 +1158,53 @@ class Executor:
         job.exited = True
         self.finish(job, None)
 
+    def _after_cell(self, job: Job, status: dict | None, reply: dict) -> None:
+        """Restart the session when the cell killed, broke or outlived it; say what it left behind."""
+        notes = []
+        if job.bad_report:
+            notes.append("The cell wrote to the session's report channel.")
+        streams_lost = status is not None and not status.get("streams_ok", True)
+        if streams_lost:
+            notes.append("The cell closed or replaced the session's saved standard streams.")
+        if job.timed_out or job.truncated or job.exited or job.bad_report or streams_lost:
+            # The REPL child is dead, was killed or cannot be trusted: the next cell starts a fresh one.
+            self._stop_repl(job.sess)
+            notes.append("The Python session was restarted; earlier variables are gone.")
+        elif status and status.get("threads"):
+            notes.append(f"{int(status['threads'])} thread(s) started by cells are still alive: they are paused "
+                         "between cells and run again during the next one.")
+        if notes:
+            reply["note"] = " ".join(notes)
+
     @staticmethod
-    def _read_status(job: Job) -> dict | None:
+    def _read_report(job: Job) -> dict | None:
+        """A finished run child's own report: one small frame, read only after it exited."""
         try:
-            job.ctl_buf += os.read(job.status_r, 65536)
-            frames = pop_frames(job.ctl_buf)
-            return frames[-1] if frames else None
+            frames = pop_frames(bytearray(os.read(job.status_r, MAX_REPORT + 4)), MAX_REPORT)
+            return frames[0] if len(frames) == 1 and isinstance(frames[0], dict) else None
         except (OSError, ValueError):
             return None
 
     def _classify(self, job: Job, status: dict | None) -> dict:
+        """The result, decided from what the code cannot write (see the module docstring)."""
         wall = time.monotonic() - job.started
-        code = status.get("exit") if status else None
-        if code is None and job.wait_status is not None:
-            code = os.waitstatus_to_exitcode(job.wait_status)
-        kind = status.get("kind") if status else None
+        waited = os.waitstatus_to_exitcode(job.wait_status) if job.wait_status is not None else None
+        if job.kind == "cell" and status is not None:
+            code = status.get("exit")  # the session's own report, taken only once it stopped
+        else:
+            code = waited
+        # A run's report may only say why it failed (MemoryError under its address-space limit).
+        hint = status.get("kind") if status and code not in (0, None) else None
         if job.timed_out:
             result = "timeout"
         elif job.truncated:
             result = "output_truncated"
-        elif kind == "oom":
+        elif job.bad_report:
+            result = "error"
+        elif hint == "oom" or (code != 0 and _read_oom_kills() > job.oom_before >= 0):
             result = "oom"
-        elif status is None:
-            # Died without reporting: the kernel's OOM killer, a signal, or os._exit() in user code.
-            oom_now = _read_oom_kills()
-            if oom_now > job.oom_before >= 0:
-                result = "oom"
-            elif code is not None and code < 0:
-                result = "killed"
-            else:
-                result = "ok" if code == 0 else "error"
+        elif code is not None and code < 0:
+            result = "killed"
         else:
             result = "ok" if code == 0 else "error"
         return {"ok": True, "status": result, "exit_code": code,
@@ -1077,8 +1227,9 @@ class Executor:
         self.finish(job, None)
 
     def on_ctl(self, job: Job) -> None:
+        """A REPL cell's report arrived (or part of it); the cell ends once its process stopped."""
         try:
-            chunk = os.read(job.status_r, 65536)
+            chunk = os.read(job.status_r, MAX_REPORT + 4)
         except BlockingIOError:
             return
         except OSError:
@@ -1091,9 +1242,37 @@ class Executor:
                 pass
             return
         job.ctl_buf += chunk
-        frames = pop_frames(job.ctl_buf)
+        try:
+            frames = pop_frames(job.ctl_buf, MAX_REPORT)
+            if len(job.ctl_buf) > MAX_REPORT or len(frames) > 1 or any(not isinstance(f, dict) for f in frames):
+                raise ValueError("not one report")
+        except ValueError:
+            job.bad_report = True  # ends the cell: the kill is reported as the session's exit
+            self._kill_job(job)
+            return
         if frames:
-            self.finish(job, frames[-1])
+            job.report = frames[0]
+            self._check_cell(job)
+
+    def _check_cell(self, job: Job) -> None:
+        """End a reported cell once its process has stopped itself (a report alone proves nothing)."""
+        if job.report is None or job.done:
+            return
+        try:
+            info = os.waitid(os.P_PID, job.pid, os.WSTOPPED | os.WNOHANG)
+        except ChildProcessError:
+            return  # exited: the pidfd reports it
+        if info is not None and info.si_code == os.CLD_STOPPED:
+            self.finish(job, job.report)
+
+    def on_sigchld(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        for job in list(self.cells):
+            self._check_cell(job)
 
     def on_timer(self) -> float | None:
         now = time.monotonic()
@@ -1109,7 +1288,7 @@ class Executor:
         op = req.get("op")
         if op == "ping":
             conn.reply({"ok": True, "pid": os.getpid(), "sessions": len(self.slots), "drop": self.drop,
-                        "protocol": PROTOCOL_VERSION})
+                        "protocol": PROTOCOL_VERSION, "rss_kb": _rss_kb()})
             return
         if op == "open":
             if conn.session is None:
@@ -1149,7 +1328,7 @@ class Executor:
                 try:
                     self.on_zygote_exit(*self.zygote.pending.pop(0))
                 except Exception:
-                    traceback.print_exc(file=sys.stderr)
+                    self._log_error()
             wait = self.on_timer()
             orphan_wait = self._orphan_check()
             if orphan_wait is not None:
@@ -1160,7 +1339,15 @@ class Executor:
                 try:
                     self._dispatch(key)
                 except Exception:  # one bad event (e.g. fork failing under memory pressure) must not end the loop
-                    traceback.print_exc(file=sys.stderr)
+                    self._log_error()
+
+    def _log_error(self) -> None:
+        """Print the current exception, at most 10 a minute: the log is on the host's disk."""
+        now = time.monotonic()
+        self.logged = [t for t in self.logged if now - t < 60.0]
+        if len(self.logged) < 10:
+            self.logged.append(now)
+            traceback.print_exc(file=sys.stderr)
 
     def _dispatch(self, key) -> None:
         tag, obj = key.data
@@ -1178,6 +1365,8 @@ class Executor:
             self.reap(obj)
         elif tag == "zygote":
             self.on_zygote()
+        elif tag == "sigchld":
+            self.on_sigchld()
         else:
             self._drain(obj, key.fd, obj.out if tag == "out" else obj.err)
 

@@ -1,26 +1,35 @@
-"""Local fallback backend: the same executor as a local process, for machines with no Docker engine.
+"""Local backend: the same executor as a local process, for machines with no Docker engine.
 
-What it isolates:
+It comes in two modes; ``auto`` only ever picks the first.
+
+``local`` (the executor under bubblewrap; needs ``bwrap`` that can create namespaces here) isolates:
+    * Namespaces: new mount, PID, IPC, UTS and network namespaces (the only interface is a
+      loopback of its own: the host's listeners are unreachable), and the executor dies with its
+      parent.
+    * Filesystem: only the system's ``/usr``, ``/etc`` (and the ``/bin``, ``/lib`` links) and the
+      interpreter's own prefix are mounted, read-only; a private ``/tmp``, ``/dev`` and ``/dev/shm``;
+      home directories, the project and every other host path are not there. The work directory,
+      ``/tmp`` and ``/dev/shm`` are tmpfs mounts of ``workdir_mb`` each (a full disk stays inside).
     * Every run is a fresh child in its own session/process group with rlimits (CPU, address space,
       NPROC, FSIZE, NOFILE), a wall-clock timeout and an output cap; its process group is killed
       afterwards. Its work directory is a private temporary directory, wiped on reset.
-    * Under bubblewrap (``bwrap`` installed and ``local_use_bwrap``): a new mount, PID, IPC, UTS and
-      network namespace (no network), the host's root mounted read-only, a private /tmp, and the
-      executor dies with its parent.
     * When the process runs as root, children also drop to per-session unprivileged uids (as in
       Docker), so they cannot signal the executor, read root-only files, or survive a uid sweep.
 
-What it does not isolate:
+``local`` does not isolate:
     * No cgroup: no memory, CPU-share or pids limit across a session (only the per-process rlimits).
-    * Without bubblewrap: the network, the whole host filesystem (read and, where permissions
-      allow, write) and other processes of the same user are reachable; this is resource control,
-      not a security boundary. Without root, leftovers that left the process group (``setsid``)
-      are not swept by uid.
-    * The kernel is shared (as with Docker).
+      Without root there are no uids to drop to, so leftovers
+      that left the process group (``setsid``) are not swept by uid.
+    * The kernel is shared (as with Docker's default runtime).
+
+``local-unisolated`` (explicit opt-in, never chosen by ``auto``) isolates nothing: code reaches the
+network, the host's files and processes and writes where this user can. It keeps only the
+rlimits, timeout and output cap: resource control for trusted code, not a security boundary.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -38,14 +47,37 @@ from toolgym.sandboxes.pool import ExecutorPool, HostHandle
 log = logging.getLogger(__name__)
 
 
-def bwrap_path() -> str | None:
-    """The bubblewrap binary when it is installed and can create namespaces here."""
+@functools.cache
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot isolate the local executor here, or ``None`` when it can."""
     path = shutil.which("bwrap")
     if path is None:
-        return None
+        return "bwrap is not installed (apt-get install bubblewrap)"
     probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
                            capture_output=True, timeout=10, check=False)
-    return path if probe.returncode == 0 else None
+    if probe.returncode != 0:
+        return f"bwrap cannot create namespaces here: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+def bwrap_path() -> str | None:
+    """The bubblewrap binary when it is installed and can create namespaces here."""
+    return None if bwrap_problem() else shutil.which("bwrap")
+
+
+def _system_mounts(python: str) -> list[str]:
+    """bwrap arguments for a read-only view of the system: /usr, /etc, the merged-usr links, and
+    the interpreter's prefix when it lives elsewhere. Nothing else of the host is visible."""
+    args = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    prefix = Path(os.path.realpath(python)).parent.parent
+    if not any(prefix.is_relative_to(p) for p in ("/usr", "/bin", "/lib")):
+        args += ["--ro-bind", str(prefix), str(prefix)]
+    return args
 
 
 def sandbox_python() -> str:
@@ -61,13 +93,21 @@ def sandbox_python() -> str:
 
 
 class LocalHosts:
-    """Starts executor processes on this machine (optionally inside bubblewrap)."""
+    """Starts executor processes on this machine: inside bubblewrap, or (``isolated=False``) bare."""
 
-    name = "local"
-
-    def __init__(self, config: SandboxConfig):
+    def __init__(self, config: SandboxConfig, isolated: bool = True):
         self.config = config
-        self.bwrap = bwrap_path() if config.local_use_bwrap else None
+        self.name = "local" if isolated else "local-unisolated"
+        self.bwrap = None
+        if isolated:
+            problem = bwrap_problem()
+            if problem:
+                raise SandboxError(f"the local sandbox backend needs bubblewrap: {problem}; or use Docker "
+                                   "(bash .ci/docker-up.sh), or sandbox.backend=local-unisolated for trusted code")
+            self.bwrap = bwrap_path()
+        else:
+            log.warning("sandbox: backend local-unisolated: code runs with NO isolation (network, host files "
+                        "and processes are reachable); use it for trusted code only")
         self.root = Path(tempfile.mkdtemp(prefix="toolgym-local-sandbox-"))
         self.root.chmod(0o711)  # sandbox uids may pass through to their work directory, not list it
         self.python = sandbox_python()
@@ -101,8 +141,10 @@ class LocalHosts:
             # A private /tmp; the host directory is bound back in, its parents made passable (0711).
             parents = [p for p in reversed(host_dir.parents) if p.is_relative_to("/tmp") and p != Path("/tmp")]
             dirs = [arg for p in parents for arg in ("--perms", "0711", "--dir", str(p))]
-            cmd = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                   "--perms", "1777", "--tmpfs", "/tmp", *dirs, "--bind", str(host_dir), str(host_dir),
+            cmd = [self.bwrap, *_system_mounts(self.python), "--dev", "/dev", "--proc", "/proc",
+                   *self._tmpfs("/tmp", 0o1777), *self._tmpfs("/dev/shm", 0o1777),
+                   "--mqueue", "/dev/mqueue", *dirs, "--bind", str(host_dir), str(host_dir),
+                   *self._tmpfs(str(work), 0o711),
                    *self._unshare(), "--die-with-parent", "--new-session", *cmd]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
         try:
@@ -113,6 +155,10 @@ class LocalHosts:
             raise SandboxError(f"could not start local executor: {exc}") from exc
         return HostHandle(host_id=f"local-{os.getpid()}-{index}", socket_path=str(sock),
                           data={"proc": proc, "dir": str(host_dir)})
+
+    def _tmpfs(self, dest: str, mode: int) -> list[str]:
+        """A size-capped tmpfs (``workdir_mb``, as Docker's ``/work`` and ``/tmp``) at ``dest``."""
+        return ["--perms", f"{mode:04o}", "--size", str(self.config.workdir_mb << 20), "--tmpfs", dest]
 
     @staticmethod
     def _unshare() -> list[str]:
@@ -143,6 +189,6 @@ class LocalHosts:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def open_local_pool(config: SandboxConfig) -> ExecutorPool:
-    """A pool of local executor processes."""
-    return ExecutorPool(config, LocalHosts(config))
+def open_local_pool(config: SandboxConfig, isolated: bool = True) -> ExecutorPool:
+    """A pool of local executor processes (under bubblewrap unless ``isolated=False``)."""
+    return ExecutorPool(config, LocalHosts(config, isolated))

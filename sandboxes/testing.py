@@ -53,14 +53,16 @@ def small_config(backend: str, **overrides: Any) -> SandboxConfig:
 
 
 def open_pool(backend: str, **overrides: Any) -> ExecutorPool:
-    """A ready test pool (:func:`small_config` limits); ``"local-process"`` is the local backend without bubblewrap.
+    """A ready test pool (:func:`small_config` limits); ``"local-process"`` is ``"local-unisolated"`` (no bubblewrap).
 
     ``"docker"`` calls :func:`require_docker` first, so it skips (or fails under ``CI=true``) without an engine.
     """
     if backend == "docker":
         require_docker()
     if backend == "local-process":
-        backend, overrides = "local", {"local_use_bwrap": False, **overrides}
+        backend = "local-unisolated"
+    if overrides.get("sessions_per_host", 1) > 1:
+        overrides = {"share_hosts": True, **overrides}  # toolgym's own test code is trusted
     pool = open_sandbox_pool(small_config(backend, **overrides))
     assert pool.backend == backend
     pool.wait_ready()
