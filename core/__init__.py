@@ -23,6 +23,7 @@ from toolgym.errors import (
 )
 from toolgym.registry import (
     EnvSpec,
+    declare_installed,
     env_class,
     load_packs,
     make,
@@ -31,6 +32,8 @@ from toolgym.registry import (
     spec,
 )
 
+declare_installed()  # gymnasium.make(id) works after `import toolgym`; packs load when made
+
 try:
     __version__ = version("toolgym")
 except PackageNotFoundError:  # running from a source tree without an install
@@ -38,5 +41,5 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "ConfigError", "EnvError", "EnvSpec", "ErrorRecord", "ModelError", "SandboxError", "ToolError", "ToolgymError",
-    "__version__", "env_class", "load_packs", "make", "register", "registered", "spec",
+    "__version__", "declare_installed", "env_class", "load_packs", "make", "register", "registered", "spec",
 ]

@@ -7,7 +7,9 @@ its environments. It advertises them through the entry point group ``toolgym.env
     my-pack = "my_pack_pkg.envs:register"
 
 The entry point names a function that calls ``toolgym.register(id, entry_point=..., pack=NAME)``
-for each of the pack's envs. ``toolgym`` imports every such entry point the first time the
+for each of the pack's envs. The pack also lists those ids in the group ``toolgym.env_ids``
+(``"owner/Name-v0" = "pkg.module:Class"``) so that ``import toolgym`` registers them with Gymnasium
+without importing the pack. ``toolgym`` imports every such entry point the first time the
 registry is read (``toolgym envs``, ``toolgym.make``), so ``pip install my-pack`` is all it takes.
 
 ``toolgym init NAME`` scaffolds a new pack (see :mod:`toolgym.scaffold`); ``toolgym pack build

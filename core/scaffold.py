@@ -32,6 +32,11 @@ dependencies = ["toolgym"]
 [project.entry-points."toolgym.envs"]
 __NAME__ = "__PKG__.envs:register"
 
+# Every env id register() makes, and its class: `import toolgym` registers these with Gymnasium
+# without importing the pack, so `gymnasium.make("__NAME__/Example-v0")` works at once.
+[project.entry-points."toolgym.env_ids"]
+"__NAME__/Example-v0" = "__PKG__.envs:ExampleEnv"
+
 [tool.setuptools]
 packages = ["__PKG__"]
 
