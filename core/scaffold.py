@@ -37,11 +37,16 @@ __NAME__ = "__PKG__.envs:register"
 [project.entry-points."toolgym.env_ids"]
 "__NAME__/Example-v0" = "__PKG__.envs:ExampleEnv"
 
+# Its training config: `toolgym train env=__NAME__` finds __PKG__/conf/env/__NAME__.yaml.
+[project.entry-points."toolgym.conf"]
+__NAME__ = "__PKG__.conf"
+
 [tool.setuptools]
-packages = ["__PKG__"]
+packages = ["__PKG__", "__PKG__.conf"]
 
 [tool.setuptools.package-data]
 "__PKG__" = ["toolgym_pack.json"]
+"__PKG__.conf" = ["env/*.yaml"]
 
 # What the envs need at run time beyond Python packages; recorded in the pack's manifest.
 [tool.toolgym]
@@ -132,6 +137,25 @@ def test_demonstration_scores_full_reward() -> None:
     assert terminated and info["final_reward"] == 1.0
 '''
 
+_ENV_CONF = '''\
+# @package _global_
+# toolgym train env=__NAME__    (the __NAME__ pack's example env, with the generation settings it needs)
+env:
+  id: __NAME__/Example-v0
+  kwargs_for: __NAME__/Example-v0  # env.id=OTHER drops these kwargs
+  kwargs: {}
+  train_split: train
+  eval_split: eval
+# What one turn of this env needs (a turn longer than max_new_tokens is cut and scores nothing);
+# training and `toolgym eval --run-dir` use the same values. A recipe or the command line overrides.
+rollout:
+  max_new_tokens: 64
+  max_turns: 4
+eval_rollout:
+  max_new_tokens: 64
+  max_turns: 4
+'''
+
 _README = '''\
 # __NAME__
 
@@ -142,6 +166,7 @@ A [toolgym](https://pypi.org/project/toolgym/) environment pack.
     toolgym check __NAME__/Example-v0
     pytest tests
     toolgym pack build .              # manifest + wheel and sdist in dist/
+    toolgym train env=__NAME__        # trains on it with __PKG__/conf/env/__NAME__.yaml
 
 The environments live in `__PKG__/envs.py`; `register()` there is the `toolgym.envs` entry point.
 '''
@@ -181,7 +206,8 @@ def scaffold(name: str, parent: Path) -> Path:
     if root.exists():
         raise ConfigError(f"{root} already exists; choose another name or --dir")
     files = {"pyproject.toml": _PYPROJECT, f"{pkg}/__init__.py": f'"""The {name} toolgym pack."""\n',
-             f"{pkg}/envs.py": _ENVS, "tests/test_env.py": _TEST, "README.md": _README}
+             f"{pkg}/envs.py": _ENVS, f"{pkg}/conf/__init__.py": '"""Hydra configs of this pack."""\n',
+             f"{pkg}/conf/env/{name}.yaml": _ENV_CONF, "tests/test_env.py": _TEST, "README.md": _README}
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

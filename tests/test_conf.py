@@ -44,3 +44,17 @@ def test_bad_override_is_a_clear_error():
     with initialize_config_module(config_module="toolgym.conf", version_base="1.3"):
         with pytest.raises(Exception, match="steps"):
             compose(config_name="train", overrides=["trainer.steps=not_a_number"])
+
+
+def test_another_env_id_on_the_command_line_gets_no_kwargs_of_the_default_env(caplog):
+    register_configs()
+    with initialize_config_module(config_module="toolgym.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["env.id=toolgym/SearchQA-v0"])
+        kept = compose(config_name="train", overrides=["env=arithmetic"])
+        opted = compose(config_name="train", overrides=["env.id=toolgym/SearchQA-v0",
+                                                        "env.kwargs_for=toolgym/SearchQA-v0"])
+    assert dict(cfg.env.kwargs) and cfg.env.kwargs_for == "toolgym/Arithmetic-v0"
+    env = OmegaConf.to_object(cfg.env)
+    assert env.env_kwargs() == {} and "dropping env.kwargs" in caplog.text
+    assert OmegaConf.to_object(kept.env).env_kwargs() == {"difficulty": 2}
+    assert OmegaConf.to_object(opted.env).env_kwargs() == dict(opted.env.kwargs)

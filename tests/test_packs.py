@@ -29,8 +29,8 @@ def _cli(*argv: str) -> int:
     return args.func(args)
 
 
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -166,6 +166,23 @@ def test_pack_init_build_publish_install(tmp_path: Path) -> None:
     listed = _run([str(python), "-m", "toolgym.cli", "envs"], cwd=tmp_path, env=venv_env).stdout
     assert ENV_ID in listed and "reverse" in listed
     _run([str(python), "-m", "toolgym.cli", "check", ENV_ID], cwd=tmp_path, env=venv_env)
+    # Gymnasium first, as its users write it: the id is known after `import toolgym` alone.
+    made = _run([str(python), "-c", "import sys, toolgym, gymnasium\n"
+                 f"assert {PKG!r} not in sys.modules\n"
+                 f"obs, info = gymnasium.make({ENV_ID!r}).reset(seed=0)\n"
+                 "print(obs[-1]['role'], [t['function']['name'] for t in info['tools']])"],
+                cwd=tmp_path, env=venv_env).stdout
+    assert made.strip() == "user ['reverse']"
+    # Training with the pack's own config group (env=NAME finds PKG/conf/env/NAME.yaml in the wheel).
+    run_dir = tmp_path / "run"
+    _run([str(python), "-m", "toolgym.cli", "train", f"env={NAME}", "trainer.steps=2", "trainer.sft.steps=4",
+          "trainer.sft.demonstrations=16", "trainer.tasks_per_step=2", "trainer.group_size=2",
+          "trainer.eval_episodes=2", "trainer.checkpoint_every=0", "tensorboard=false",
+          f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=venv_env, timeout=600)
+    resolved = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"id: {ENV_ID}" in resolved and "difficulty" not in resolved  # no other env's kwargs
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env"] == ENV_ID and summary["steps"] == 2
 
 
 @pytest.mark.parametrize("bad", ["Arithmetic", "toolgym/Arithmetic", "toolgym/Arithmetic-v", "a/b/c-v0", "x/y z-v1"])

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     """Entry point for ``toolgym train ARGS``: hands the arguments to Hydra."""
     import hydra
 
-    register_configs()
+    register_configs()  # with every pack's config package: `env=NAME` finds a pack's conf/env/NAME.yaml
     app = hydra.main(config_path="pkg://toolgym.conf", config_name="train", version_base="1.3")(_hydra_main)
     saved = sys.argv
     sys.argv = ["toolgym train", *argv]

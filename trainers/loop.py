@@ -133,7 +133,7 @@ def policy_weights(model: Any) -> Any:
 
 
 def make_workers(cfg: TrainConfig, engine: Any) -> tuple[RolloutWorker, RolloutWorker, Any, Any]:
-    kwargs = dict(cfg.env.kwargs)
+    kwargs = cfg.env.env_kwargs()
     if "sandbox_config" in inspect.signature(toolgym.env_class(cfg.env.id)).parameters:
         kwargs.setdefault("sandbox_config", cfg.sandbox)
 
@@ -219,7 +219,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
             run_log.write("eval", step, evaluate(cfg, model, held_out, eval_env))
         state.add_time("grpo", time.perf_counter() - t0)
-        if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
+        if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or step == tcfg.steps:  # 0: at the end only
             save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler, data_state=state.to_dict(),
                             keep_last=tcfg.keep_checkpoints)
     t0 = time.perf_counter()
