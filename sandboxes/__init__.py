@@ -1,7 +1,8 @@
 """Code sandboxes: a resident executor per container (or local process), pooled and hardened.
 
-Open a pool with :func:`open_sandbox_pool` (Docker when an engine answers, a local fallback
-otherwise), acquire one :class:`ExecutorSandbox` per episode and run code in it::
+Open a pool with :func:`open_sandbox_pool` (Docker when an engine answers, else the executor
+under bubblewrap, else a :class:`~toolgym.errors.SandboxError` that says how to get isolation;
+``backend="local-unisolated"`` is the explicit opt-in for trusted code), acquire one :class:`ExecutorSandbox` per episode and run code in it::
 
     pool = open_sandbox_pool(SandboxConfig())
     with pool.acquire() as sandbox:
@@ -18,7 +19,7 @@ Environments share one pool per config through a :class:`SandboxPools` holder: o
 
 from __future__ import annotations
 
-from toolgym.sandboxes.config import DEFAULT_IMAGE, SandboxConfig
+from toolgym.sandboxes.config import BACKENDS, DEFAULT_IMAGE, RUNTIMES, SandboxConfig
 from toolgym.sandboxes.factory import docker_available, open_sandbox_pool, select_backend
 from toolgym.sandboxes.pool import ExecutorPool, ExecutorSandbox
 from toolgym.sandboxes.protocol import (
@@ -33,7 +34,7 @@ from toolgym.sandboxes.protocol import (
 from toolgym.sandboxes.shared import DEFAULT_POOLS, SandboxPools, close_shared_pools, shared_pool
 
 __all__ = [
-    "DEFAULT_IMAGE", "DEFAULT_POOLS", "ExecutorPool", "ExecutorSandbox", "FileResult", "RunMode", "RunResult",
+    "BACKENDS", "RUNTIMES", "DEFAULT_IMAGE", "DEFAULT_POOLS", "ExecutorPool", "ExecutorSandbox", "FileResult", "RunMode", "RunResult",
     "RunStatus", "Sandbox", "SandboxConfig", "SandboxInfo", "SandboxPool", "SandboxPools", "close_shared_pools",
     "docker_available", "open_sandbox_pool", "select_backend", "shared_pool",
 ]

@@ -1314,7 +1314,9 @@ class Executor:
             path = os.path.join(sess.workdir, req["path"])
             spec.update(op=op, path=path, data=req.get("data"), mode=req.get("mode"),
                         max_bytes=req.get("max_bytes"))
-            req = dict(req, output_limit=MAX_FRAME, timeout=30)
+            # The reply is base64 of at most max_bytes: the executor buffers no more than that.
+            reply_cap = (int(req.get("max_bytes") or MAX_FRAME // 2) * 4) // 3 + 4096
+            req = dict(req, output_limit=min(MAX_FRAME, reply_cap), timeout=30)
             self.start_child(conn, "file", child_file_op, spec, req)
         elif op == "reset":
             conn.reply({"ok": True, "clean": self.reset_session(sess)})
