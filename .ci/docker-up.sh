@@ -40,6 +40,10 @@ if ! engine_ok; then
   done
   engine_ok || { tail -20 "$DOCKERD_LOG" >&2 2>/dev/null || true; die "Docker engine did not answer within 60 s"; }
 fi
+# The local backend runs its executor under bubblewrap (its tests run in CI too).
+if ! command -v bwrap >/dev/null; then
+  if [[ $(id -u) -eq 0 ]]; then install_packages bubblewrap; else echo "docker-up: bubblewrap missing (apt-get install bubblewrap)" >&2; fi
+fi
 echo "docker-up: engine $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?') answers"
 
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then

@@ -14,8 +14,10 @@ import base64
 import functools
 import itertools
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from toolgym.sandboxes.protocol import FileResult, RunMode, RunResult, RunStatus
 log = logging.getLogger(__name__)
 
 CALL_THREADS = 512  # most threads one pool runs async calls in (see ExecutorPool._in_thread)
+RECENT = 256  # acquire waits and host start times kept for stats()
 
 
 class HostBackend(Protocol):
@@ -74,25 +77,37 @@ class _Host:
 class ExecutorPool:
     """Hands out :class:`ExecutorSandbox` sessions over a warm pool of hosts.
 
+    A burst of acquires on a cold pool starts hosts concurrently (up to ``config.max_starting``)
+    so that hosts starting plus free slots cover the claimers waiting, never more than that demand
+    plus the ``pool_size`` warm spares.
+
     Args:
-        config: Limits and pool sizes.
+        config: Limits and pool sizes (checked: a bad config raises :class:`ConfigError`).
         backend: Starts and stops hosts (Docker containers or local processes).
     """
 
     def __init__(self, config: SandboxConfig, backend: HostBackend):
+        config.check()
         self.config = config
         self.backend_impl = backend
         self.backend = backend.name
         self._hosts: list[_Host] = []
         self._starting = 0
+        self._waiting = 0  # claimers that found no free slot and wait for a host
         self._lock = threading.Condition()
         self._closed = False
         self._counter = itertools.count()
-        self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sandbox-start")
+        # One thread per concurrent start: more would only queue behind max_starting anyway.
+        self._starter = ThreadPoolExecutor(max_workers=config.max_starting, thread_name_prefix="sandbox-start")
         self._stopper = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-stop")
         self._calls: ThreadPoolExecutor | None = None  # the async calls' threads, made on the first one
         self.start_failures = 0
+        self.hosts_started = 0
+        self._failed_streak = 0  # consecutive failed starts: a broken backend is retried one at a time
         self.last_start_error = ""
+        # Recent acquire waits and host start times (backend start, executor ready), in seconds; under the lock.
+        self.acquire_waits: deque[float] = deque(maxlen=RECENT)
+        self.start_times: deque[tuple[float, float]] = deque(maxlen=RECENT)
         reaped = backend.reap()
         if reaped:
             log.info("sandbox: reaped %d leftover host(s) of dead owners", reaped)
@@ -109,22 +124,47 @@ class ExecutorPool:
         spare = sum(1 for h in self._hosts if not h.retired and h.free > 0) + self._starting
         live = self._live()
         while spare < self.config.pool_size and live < self.config.max_hosts:
-            self._starting += 1
             spare += 1
             live += 1
-            self._starter.submit(self._start_one, next(self._counter))
+            self._submit_start()
+
+    def _grow(self) -> None:
+        """Start hosts until those starting plus the free slots cover the waiting claimers. Holds lock.
+
+        Bounded by ``max_hosts`` and ``max_starting``; after a failed start only one at a time, so a
+        broken backend (no image, engine down) is not hammered with parallel doomed starts.
+        """
+        if self._closed:
+            return
+        cfg = self.config
+        free = sum(h.free for h in self._hosts if not h.retired)
+        covered = free + self._starting * cfg.sessions_per_host
+        most = 1 if self._failed_streak else cfg.max_starting
+        live = self._live()
+        while covered < self._waiting and live < cfg.max_hosts and self._starting < most:
+            covered += cfg.sessions_per_host
+            live += 1
+            self._submit_start()
+
+    def _submit_start(self) -> None:
+        """Count one more host as starting and start it in a starter thread. Holds lock."""
+        self._starting += 1
+        self._starter.submit(self._start_one, next(self._counter))
 
     def _live(self) -> int:
         """Hosts counted against ``max_hosts``: running or starting, not those on their way out. Holds lock."""
         return sum(1 for h in self._hosts if not h.retired and not h.draining) + self._starting
 
     def _start_one(self, index: int) -> None:
-        host, handle = None, None
+        host, handle, timing = None, None, (0.0, 0.0)
         try:
+            began = time.perf_counter()
             handle = self.backend_impl.start_host(index)
+            started = time.perf_counter()
             control = ExecutorConnection(handle.socket_path, connect_timeout=30.0)
             control.request({"op": "ping"}, timeout=10.0)
             host = _Host(handle=handle, capacity=self.config.sessions_per_host, control=control)
+            timing = (started - began, time.perf_counter() - started)
         except Exception as exc:  # a failed start is counted and retried by the next top-up
             log.warning("sandbox: host start failed: %s", exc)
             with self._lock:
@@ -134,7 +174,10 @@ class ExecutorPool:
                 self._stopper.submit(self.backend_impl.stop_host, handle)
         with self._lock:
             self._starting -= 1
+            self._failed_streak = 0 if host is not None else self._failed_streak + 1
             if host is not None:
+                self.hosts_started += 1
+                self.start_times.append(timing)
                 if self._closed:
                     self._stopper.submit(self._stop, host)
                 else:
@@ -187,28 +230,41 @@ class ExecutorPool:
     # -- sessions -------------------------------------------------------------------------------
     def _claim(self, deadline: float) -> tuple[_Host, ExecutorConnection | None]:
         with self._lock:
-            while True:
-                if self._closed:
-                    raise SandboxError("sandbox pool is closed")
-                for host in self._hosts:
-                    if not host.retired and not host.draining and host.idle:
-                        host.in_use += 1
-                        conn = host.idle.pop()
-                        self._top_up()
-                        return host, conn
-                for host in self._hosts:
-                    if not host.retired and host.free > 0:
-                        host.in_use += 1
-                        self._top_up()
-                        return host, None
-                if self._live() < self.config.max_hosts and self._starting == 0:
-                    self._starting += 1
-                    self._starter.submit(self._start_one, next(self._counter))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SandboxError(f"no sandbox available in time ({self.backend}); "
-                                       f"last start error: {self.last_start_error or 'none'}")
-                self._lock.wait(min(left, 0.5))
+            waiting = False
+            try:
+                while True:
+                    if self._closed:
+                        raise SandboxError("sandbox pool is closed")
+                    claimed = self._take_slot()
+                    if claimed is not None:
+                        return claimed
+                    if not waiting:  # counted once, until this claimer leaves (claimed, timed out, closed)
+                        waiting = True
+                        self._waiting += 1
+                    self._grow()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise SandboxError(f"no sandbox available in time ({self.backend}); "
+                                           f"last start error: {self.last_start_error or 'none'}")
+                    self._lock.wait(min(left, 0.5))
+            finally:
+                if waiting:
+                    self._waiting -= 1
+
+    def _take_slot(self) -> tuple[_Host, ExecutorConnection | None] | None:
+        """A free slot, a warm session on it preferred, or None. Holds lock."""
+        for host in self._hosts:
+            if not host.retired and not host.draining and host.idle:
+                host.in_use += 1
+                conn = host.idle.pop()
+                self._top_up()
+                return host, conn
+        for host in self._hosts:
+            if not host.retired and host.free > 0:
+                host.in_use += 1
+                self._top_up()
+                return host, None
+        return None
 
     def open_session(self, timeout: float | None = None) -> tuple[_Host, ExecutorConnection, dict[str, Any]]:
         """Claim a slot and open an executor session on it (used by sandboxes and re-binding)."""
@@ -238,7 +294,11 @@ class ExecutorPool:
 
     def acquire(self, timeout: float | None = None) -> ExecutorSandbox:
         """A clean sandbox session for one episode. Raises :class:`SandboxError` only if none can be had."""
-        return ExecutorSandbox(self, *self.open_session(timeout))
+        began = time.perf_counter()
+        sandbox = ExecutorSandbox(self, *self.open_session(timeout))
+        with self._lock:  # stats() copies these under the lock: a deque must not change while copied
+            self.acquire_waits.append(time.perf_counter() - began)
+        return sandbox
 
     async def aacquire(self, timeout: float | None = None) -> ExecutorSandbox:
         return await self._in_thread(self.acquire, timeout)
@@ -272,11 +332,20 @@ class ExecutorPool:
     def lost(self, host: _Host, why: str) -> None:
         self._retire(host, why)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
+        """Host and session counts, plus the recent acquire waits and host start times (ms, 0 if none)."""
         with self._lock:
             live = [h for h in self._hosts if not h.retired]
-            return {"hosts": len(live), "starting": self._starting, "in_use": sum(h.in_use for h in live),
-                    "idle_sessions": sum(len(h.idle) for h in live), "start_failures": self.start_failures}
+            counts = {"hosts": len(live), "starting": self._starting, "waiting": self._waiting,
+                      "in_use": sum(h.in_use for h in live), "idle_sessions": sum(len(h.idle) for h in live),
+                      "hosts_started": self.hosts_started, "start_failures": self.start_failures}
+            waits, starts = list(self.acquire_waits), list(self.start_times)
+
+        def ms(values: list[float]) -> float:
+            return round(statistics.median(values) * 1000, 1) if values else 0.0
+
+        return {**counts, "acquire_p50_ms": ms(waits), "acquire_max_ms": round(max(waits, default=0.0) * 1000, 1),
+                "start_backend_p50_ms": ms([s[0] for s in starts]), "start_ready_p50_ms": ms([s[1] for s in starts])}
 
     def wait_ready(self, hosts: int | None = None, timeout: float = 120.0) -> None:
         """Block until ``hosts`` (default ``pool_size``) hosts are up."""
@@ -288,9 +357,8 @@ class ExecutorPool:
                 for _ in range(max(0, want - live)):
                     if live >= self.config.max_hosts:
                         break
-                    self._starting += 1
                     live += 1
-                    self._starter.submit(self._start_one, next(self._counter))
+                    self._submit_start()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SandboxError(f"sandbox pool not ready: {self.last_start_error or 'timed out'}")
