@@ -136,10 +136,38 @@ def _enter_child(spec: dict, fds: tuple, keep: tuple) -> tuple:
         os.setgroups([spec["gid"]])
         os.setgid(spec["gid"])
         os.setuid(spec["uid"])
+        if spec.get("private_ipc"):
+            private_ipc(spec["uid"], spec["gid"])
     os.umask(0o007)
     os.chdir(spec["cwd"])
     os.environ["HOME"] = spec["cwd"]
     return tuple(kept)
+
+
+def private_ipc(uid: int, gid: int) -> None:
+    """Give this process a SysV IPC namespace of its own (inside a user namespace mapping only its own
+    uid and gid, so ids look unchanged): its IPC objects die with it. Used where the executor cannot
+    list IPC objects to remove them (gVisor has no /proc/sysvipc) and an unprivileged process may
+    create user namespaces (gVisor allows it; Docker's runc seccomp profile does not)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000 | 0x08000000) != 0:  # CLONE_NEWUSER | CLONE_NEWIPC
+        os._exit(126)  # refused: never run code whose IPC objects would outlive the episode
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: setuid left /proc/self root's, so the maps could not be written
+    for name, data in (("setgroups", b"deny"), ("uid_map", b"%d %d 1" % (uid, uid)),
+                       ("gid_map", b"%d %d 1" % (gid, gid))):
+        try:
+            fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        except FileNotFoundError:  # gVisor has no /proc/self/setgroups (nor setgroups to deny)
+            continue
+        os.write(fd, data)
+        os.close(fd)
+    # The new user namespace gave this process every capability inside it; gVisor then exempts it from
+    # RLIMIT_NPROC (and a fork bomb would reach the container's pids limit, which ends the container).
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:  # effective, permitted, inheritable: none
+        os._exit(126)
 
 
 def _request_frame(obj: dict) -> bytes:
@@ -780,6 +808,10 @@ class Executor:
         self.sel = selectors.DefaultSelector()
         # A REPL cell ends when its process stops (see child_repl): SIGCHLD tells us, through a pipe.
         self.cells: set = set()  # cell jobs whose process has not stopped yet
+        # Without pidfds (gVisor has no pidfd_open) a job's exit is found on SIGCHLD instead.
+        self.pidfds = hasattr(os, "pidfd_open")
+        self.polled: dict = {}  # pid -> Job watched for its exit through SIGCHLD
+        self.reaping: set = set()  # pids killed after their job ended, collected on SIGCHLD
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
@@ -789,6 +821,9 @@ class Executor:
         self.sel.register(wake_r, selectors.EVENT_READ, ("sigchld", None))
         self.logged: list = []  # times of recent logged errors (rate limit, see _log_error)
         self.drop = not args.no_drop and os.geteuid() == 0
+        # Where SysV IPC objects cannot be listed (and so not removed at reset), each child gets its own
+        # IPC namespace instead; the executor checks once that this works (see private_ipc).
+        self.private_ipc = self.drop and not os.path.exists("/proc/sysvipc/shm")
         self.slots: dict = {}
         self.conns = 0
         self.last_conn_change = time.monotonic()
@@ -877,7 +912,7 @@ class Executor:
     # -- forking --------------------------------------------------------------------------------
     def _spec(self, sess: Session, uid: int, req: dict) -> dict:
         return {"uid": uid, "gid": sess.gid, "drop": self.drop, "cwd": sess.workdir,
-                "limits": req.get("limits") or {}, "tmpdir": "/tmp"}
+                "limits": req.get("limits") or {}, "tmpdir": "/tmp", "private_ipc": self.private_ipc}
 
     def _stdin_fd(self, data: str | None) -> int:
         fd = os.memfd_create("stdin", 0)
@@ -1000,9 +1035,16 @@ class Executor:
             self.cells.add(job)
         if job.via_zygote:
             self.zjobs[job.pid] = job
+        elif self.pidfds:
+            try:
+                job.pidfd = os.pidfd_open(job.pid)
+            except OSError:  # ENOSYS (gVisor): watch through SIGCHLD from now on
+                self.pidfds = False
+                self.polled[job.pid] = job
+            else:
+                self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
         else:
-            job.pidfd = os.pidfd_open(job.pid)
-            self.sel.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
+            self.polled[job.pid] = job
         heapq.heappush(self.timers, (job.deadline, id(job), job))
 
     # -- REPL -----------------------------------------------------------------------------------
@@ -1118,12 +1160,17 @@ class Executor:
                 if not job.exited:
                     self._kill_job(job)
             elif job.exited:
-                os.close(job.pidfd)
+                self._close_pidfd(job)
             else:
                 self._kill_job(job)
-                self.sel.register(job.pidfd, selectors.EVENT_READ, ("reap", job))
+                self.polled.pop(job.pid, None)
+                if job.pidfd >= 0:
+                    self.sel.register(job.pidfd, selectors.EVENT_READ, ("reap", job))
+                else:
+                    self.reaping.add(job.pid)
         else:
-            os.close(job.pidfd)
+            self.polled.pop(job.pid, None)
+            self._close_pidfd(job)
         reply = self._classify(job, status)
         if job.kind == "cell":
             self._after_cell(job, status, reply)
@@ -1139,6 +1186,12 @@ class Executor:
             except OSError:
                 pass  # no fork now (memory or pids pressure); the next run forks on demand
 
+    @staticmethod
+    def _close_pidfd(job: Job) -> None:
+        if job.pidfd >= 0:
+            os.close(job.pidfd)
+            job.pidfd = -1
+
     def reap(self, job: Job) -> None:
         try:
             self.sel.unregister(job.pidfd)
@@ -1148,7 +1201,7 @@ class Executor:
             os.waitpid(job.pid, os.WNOHANG)
         except ChildProcessError:
             pass
-        os.close(job.pidfd)
+        self._close_pidfd(job)
 
     def abort(self, job: Job) -> None:
         """Kill a job whose connection went away and collect it synchronously."""
@@ -1261,12 +1314,18 @@ class Executor:
         """End a reported cell once its process has stopped itself (a report alone proves nothing)."""
         if job.report is None or job.done:
             return
+        # waitpid, not waitid(WSTOPPED): gVisor's waitid reports a stop with the wrong si_code.
         try:
-            info = os.waitid(os.P_PID, job.pid, os.WSTOPPED | os.WNOHANG)
+            pid, status = os.waitpid(job.pid, os.WUNTRACED | os.WNOHANG)
         except ChildProcessError:
-            return  # exited: the pidfd reports it
-        if info is not None and info.si_code == os.CLD_STOPPED:
+            return  # already collected: its exit is being reported
+        if pid == 0:
+            return
+        if os.WIFSTOPPED(status):
             self.finish(job, job.report)
+        else:  # it exited after reporting: the exit decides, as on_exit would
+            job.wait_status, job.exited = status, True
+            self.finish(job, None)
 
     def on_sigchld(self) -> None:
         try:
@@ -1276,6 +1335,20 @@ class Executor:
             pass
         for job in list(self.cells):
             self._check_cell(job)
+        for pid, job in list(self.polled.items()):  # exits a pidfd would have reported
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = True
+            if info is not None and self.polled.pop(pid, None) is job and not job.done:
+                self.on_exit(job)
+        for pid in list(self.reaping):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:
+                pass
+            self.reaping.discard(pid)
 
     def on_timer(self) -> float | None:
         now = time.monotonic()
@@ -1291,7 +1364,8 @@ class Executor:
         op = req.get("op")
         if op == "ping":
             conn.reply({"ok": True, "pid": os.getpid(), "sessions": len(self.slots), "drop": self.drop,
-                        "protocol": PROTOCOL_VERSION, "rss_kb": _rss_kb()})
+                        "protocol": PROTOCOL_VERSION, "rss_kb": _rss_kb(),
+                        "ipc": "namespace per child" if self.private_ipc else "removed at reset"})
             return
         if op == "open":
             if conn.session is None:

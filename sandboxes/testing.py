@@ -38,6 +38,26 @@ def require_docker() -> None:
     pytest.skip("no Docker engine answers (with CI=true this is a failure)")
 
 
+def require_runsc() -> None:
+    """Return when the Docker engine has gVisor's ``runsc`` runtime; otherwise fail (``CI=true``) or skip."""
+    import pytest
+
+    require_docker()
+    import docker
+
+    client = docker.from_env()
+    try:
+        runtimes = client.info().get("Runtimes") or {}
+    finally:
+        client.close()
+    if "runsc" in runtimes:
+        return
+    msg = "the Docker engine has no runsc runtime: run `bash .ci/docker-up.sh` (as root) to install and register gVisor"
+    if in_ci():
+        pytest.fail(f"CI=true but {msg}")
+    pytest.skip(msg)
+
+
 def small_config(backend: str, **overrides: Any) -> SandboxConfig:
     """Limits small enough for fast tests on a busy 2-core machine.
 
@@ -55,10 +75,14 @@ def small_config(backend: str, **overrides: Any) -> SandboxConfig:
 def open_pool(backend: str, **overrides: Any) -> ExecutorPool:
     """A ready test pool (:func:`small_config` limits); ``"local-process"`` is ``"local-unisolated"`` (no bubblewrap).
 
-    ``"docker"`` calls :func:`require_docker` first, so it skips (or fails under ``CI=true``) without an engine.
+    ``"docker"`` calls :func:`require_docker` first, so it skips (or fails under ``CI=true``) without an engine;
+    ``"gvisor"`` is Docker with ``runtime="runsc"`` (after :func:`require_runsc`).
     """
     if backend == "docker":
         require_docker()
+    if backend == "gvisor":
+        require_runsc()
+        backend, overrides = "docker", {"runtime": "runsc", **overrides}
     if backend == "local-process":
         backend = "local-unisolated"
     if overrides.get("sessions_per_host", 1) > 1:

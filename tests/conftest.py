@@ -30,7 +30,8 @@ def local_pool() -> Iterator[ExecutorPool]:
     pool.close()
 
 
-BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "local", "local-process"]
+BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), pytest.param("gvisor", marks=pytest.mark.docker), "local",
+            "local-process"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

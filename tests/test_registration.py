@@ -34,7 +34,10 @@ def test_gymnasium_make_works_right_after_import_toolgym():
 
 
 def test_every_builtin_env_is_declared():
-    assert set(toolgym.declare_installed()) >= set(toolgym.registered())
+    # Other tests register their own ids at run time; only the ids installed packs register are compared.
+    from_packs = {env_id for env_id, spec in toolgym.registered().items() if spec.pack.startswith("toolgym-")}
+    assert from_packs >= {"toolgym/Arithmetic-v0", "toolgym/PythonCode-v0", "toolgym/SearchQA-v0"}
+    assert set(toolgym.declare_installed()) >= from_packs
 
 
 def test_a_declared_env_gets_its_packs_defaults_and_the_callers_kwargs():

@@ -19,7 +19,7 @@ from toolgym.sandboxes import ExecutorPool, RunStatus, SandboxConfig, factory, l
 from toolgym.sandboxes.testing import open_pool
 
 S = RunStatus
-ISOLATED = [pytest.param("docker", marks=pytest.mark.docker), "local"]
+ISOLATED = [pytest.param("docker", marks=pytest.mark.docker), pytest.param("gvisor", marks=pytest.mark.docker), "local"]
 
 
 @pytest.fixture(scope="module", params=ISOLATED)
@@ -32,12 +32,14 @@ def one_slot(request: pytest.FixtureRequest) -> Iterator[ExecutorPool]:
 
 # ------------------------------------------------------------------------------- clean episodes
 LEAVE_BEHIND = r'''
-import ctypes
+import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 KEY = 0x7461 + {off}
 made = [libc.shmget(KEY, 4096, 0o1000 | 0o600) >= 0, libc.msgget(KEY, 0o1000 | 0o600) >= 0,
         libc.semget(KEY, 1, 0o1000 | 0o600) >= 0]
 for path in ('/tmp/left{off}', '/dev/shm/left{off}', '/dev/mqueue/left{off}'):
+    if not os.path.isdir(os.path.dirname(path)):  # gVisor mounts no /dev/mqueue: nothing to leave there
+        continue
     open(path, 'w').close()
     made.append(path)
 print(made)
@@ -258,3 +260,27 @@ def test_a_listener_on_the_hosts_loopback_is_unreachable(one_slot):
             listener.accept()  # nothing arrived
     assert res.ok and "reached" not in res.stdout, res
     assert ifaces.ok and ifaces.stdout == "['lo']\n", ifaces
+
+
+# ------------------------------------------------------------------------ the socket directory
+def test_a_socket_directory_someone_else_prepared_is_refused(tmp_path, monkeypatch):
+    """Another local user could pre-create the well-known socket directory (or a symlink there)."""
+    import os
+
+    from toolgym.sandboxes import docker_backend
+
+    monkeypatch.setattr(docker_backend.tempfile, "gettempdir", lambda: str(tmp_path))
+    root = tmp_path / f"toolgym-sandbox-{os.getuid()}"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    with pytest.raises(SandboxError, match="has mode 0755"):
+        docker_backend.private_run_root()
+    root.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    root.symlink_to(elsewhere)
+    with pytest.raises(SandboxError, match="is a symlink"):
+        docker_backend.private_run_root()
+    root.unlink()
+    assert docker_backend.private_run_root() == root  # made fresh: ours, 0700
+    assert (root.stat().st_mode & 0o777) == 0o700
