@@ -498,6 +498,37 @@ def _slug(text: str, limit: int = 32) -> str:
     return "_".join(re.findall(r"[A-Za-z0-9]+", text))[:limit].strip("_").lower()
 
 
+class FormatCheck:
+    """A checker ``fn(completion)``: :func:`regex_format` with a fixed, compiled pattern.
+
+    What :func:`format_check` returns. A module-level class, not a closure, so a rubric holding
+    one pickles (vector envs and worker pools send envs to other processes).
+
+    Args:
+        rx: The compiled pattern (compiled patterns pickle as their source and flags).
+        fullmatch: Require the pattern to span the whole completion.
+        name: The checker's ``__name__``, the key of its score in a rubric's breakdown.
+
+    Example:
+        >>> import pickle
+        >>> check = pickle.loads(pickle.dumps(FormatCheck(re.compile(r"\\d"), False, "has_digit")))
+        >>> check.__name__, check("a1"), check("ab")
+        ('has_digit', 1.0, 0.0)
+    """
+
+    def __init__(self, rx: re.Pattern[str], fullmatch: bool, name: str):
+        self.rx, self.fullmatch = rx, fullmatch
+        # Instance attributes, so the rubric's getattr(fn, "__name__") names the breakdown entry.
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = f"1.0 when the completion {'matches' if fullmatch else 'contains'} {rx.pattern!r}."
+
+    def __call__(self, completion: str | None) -> float:
+        return regex_format(completion, self.rx, self.fullmatch)
+
+    def __repr__(self) -> str:
+        return f"<format check {self.__name__}: {self.rx.pattern!r}>"
+
+
 def format_check(pattern: str, *, flags: int = re.DOTALL, fullmatch: bool = False,
                  name: str | None = None) -> Callable[[str | None], float]:
     """A checker ``fn(completion)`` for :func:`regex_format` with a fixed pattern.
@@ -507,6 +538,9 @@ def format_check(pattern: str, *, flags: int = re.DOTALL, fullmatch: bool = Fals
         flags: ``re`` flags (``DOTALL`` by default, so ``.`` spans lines).
         fullmatch: Require the pattern to span the whole completion.
         name: The checker's ``__name__`` (default ``format_`` plus the pattern's words).
+
+    Returns:
+        A :class:`FormatCheck`, which pickles.
 
     Raises:
         ConfigError: The pattern is not a valid regular expression.
@@ -520,13 +554,7 @@ def format_check(pattern: str, *, flags: int = re.DOTALL, fullmatch: bool = Fals
         rx = re.compile(pattern, flags)
     except re.error as exc:
         raise ConfigError(f"format_check: invalid regular expression {pattern!r}: {exc}") from exc
-
-    def check(completion: str | None) -> float:
-        return regex_format(completion, rx, fullmatch)
-
-    check.__name__ = check.__qualname__ = name or ("format_" + (_slug(pattern) or "regex"))
-    check.__doc__ = f"1.0 when the completion {'matches' if fullmatch else 'contains'} {pattern!r}."
-    return check
+    return FormatCheck(rx, fullmatch, name or ("format_" + (_slug(pattern) or "regex")))
 
 
 _FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.DOTALL)
