@@ -10,6 +10,11 @@ Trajectories are appended to ``--out`` as they finish; re-running with the same 
 episodes already there, and the summary (mean reward, pass@k, turns, tool calls, errors by type,
 drift events by kind, the temperatures the episodes were sampled at) covers the whole file. A
 ``<out>.summary.json`` is written beside it.
+
+``--run-dir RUN`` evaluates a training run the way it was trained: the env id, its kwargs and eval
+split, the trained policy (``RUN/final``), the engine and the eval generation settings
+(``eval_rollout``: max new tokens, max turns, temperature, chat template) come from the run's
+resolved config (``RUN/.hydra/config.yaml``); a flag given on the command line still wins.
 """
 
 from __future__ import annotations
@@ -62,19 +67,21 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate a model on an environment (resumable)",
                               description=(__doc__ or "").replace("``", ""),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("env_id", help="environment id, e.g. toolgym/Arithmetic-v0")
-    p.add_argument("--model", required=True, help="checkpoint path, hub id, served model name, or 'tiny'")
-    p.add_argument("--engine", choices=ENGINE_KINDS, default="hf")
+    p.add_argument("env_id", nargs="?", help="environment id, e.g. toolgym/Arithmetic-v0 (default: the --run-dir's)")
+    p.add_argument("--run-dir", default=None,
+                   help="a training run directory: its env, policy and eval generation settings are the defaults")
+    p.add_argument("--model", default=None, help="checkpoint path, hub id, served model name, or 'tiny'")
+    p.add_argument("--engine", choices=ENGINE_KINDS, default=None, help="default: hf (or the run's engine)")
     p.add_argument("--episodes", type=int, default=20, help="tasks to evaluate (task indices 0..N-1)")
     p.add_argument("--group", type=int, default=1, help="samples per task (pass@k up to k=group)")
     p.add_argument("--out", required=True, help="JSONL file of trajectories (appended; resumable)")
-    p.add_argument("--split", default="eval")
+    p.add_argument("--split", default=None, help="default: eval (or the run's eval split)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible server root (engine openai)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path when it differs from --model")
     p.add_argument("--device", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 256 (or the run's eval_rollout)")
     p.add_argument("--max-turns", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    p.add_argument("--temperature", type=float, default=None, help="0: greedy (the default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--drift-check", choices=DRIFT_CHECKS, default="text",
@@ -143,12 +150,55 @@ def _mean(values: Any) -> float:
     return statistics.fmean(vals) if vals else 0.0
 
 
+DEFAULTS = {"engine": "hf", "split": "eval", "max_new_tokens": 256, "temperature": 0.0}
+
+
+def run_settings(run_dir: str | Path) -> dict[str, Any]:
+    """What ``toolgym eval --run-dir`` takes from a training run: env, kwargs, policy, generation.
+
+    Raises:
+        ConfigError: the directory has no resolved config (``.hydra/config.yaml``) or no ``final/`` policy.
+    """
+    from omegaconf import OmegaConf
+
+    run = Path(run_dir)
+    resolved = run / ".hydra" / "config.yaml"
+    if not resolved.is_file():
+        raise ConfigError(f"{run} is not a training run directory: it has no .hydra/config.yaml")
+    cfg = OmegaConf.to_container(OmegaConf.load(resolved), resolve=False)
+    env, gen = cfg.get("env") or {}, cfg.get("eval_rollout") or cfg.get("rollout") or {}
+    if not (run / "final").is_dir():
+        raise ConfigError(f"{run} has no final/ policy yet (the run did not finish); give --model")
+    kwargs = env.get("kwargs") or {}
+    if env.get("kwargs_for") not in (None, env.get("id")):
+        kwargs = {}  # the kwargs belong to another env (see EnvConfig.kwargs_for)
+    engine = (cfg.get("engine") or {}).get("kind")
+    return {"env_id": env.get("id"), "env_kwargs": dict(kwargs), "split": env.get("eval_split"),
+            "model": str(run / "final"), "engine": engine if engine in ENGINE_KINDS else None,
+            "max_new_tokens": gen.get("max_new_tokens"), "max_turns": gen.get("max_turns"),
+            "temperature": gen.get("temperature"), "chat_template": gen.get("chat_template")}
+
+
+def resolve_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill what the command line left unset from ``--run-dir`` (when given), then the defaults."""
+    run = run_settings(args.run_dir) if args.run_dir else {}
+    for key in ("env_id", "model", "engine", "split", "max_new_tokens", "max_turns", "temperature", "chat_template"):
+        if getattr(args, key) is None:
+            value = run.get(key)
+            setattr(args, key, DEFAULTS.get(key) if value is None else value)
+    if args.env_id is None:
+        raise ConfigError("toolgym eval needs an environment id (or --run-dir RUN)")
+    if args.model is None:
+        raise ConfigError("toolgym eval needs --model (or --run-dir RUN)")
+    return {**run.get("env_kwargs", {}), **parse_env_args(args.env_arg)}
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Entry point of ``toolgym eval``; returns the process exit code."""
     import toolgym
 
     out = Path(args.out)
-    env_kwargs = parse_env_args(args.env_arg)
+    env_kwargs = resolve_args(args)
     if args.group > 1 and args.temperature <= 0:
         from rich.console import Console
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from toolgym.rollouts.eval import add_eval_parser, summarize
+from toolgym.errors import ConfigError
+from toolgym.rollouts.eval import add_eval_parser, resolve_args, summarize
 from toolgym.rollouts.metrics import pass_at_k
 from toolgym.rollouts.records import DriftEvent, Trajectory, read_trajectories
 
@@ -56,7 +57,8 @@ def test_pass_at_k_and_summary_counts():
 
 def test_defaults_greedy_and_drift_check_choices():
     args = _parse(["eval", "toolgym/Arithmetic-v0", "--model", "tiny", "--out", "x.jsonl"])
-    assert args.temperature == 0.0 and args.drift_check == "text"
+    assert resolve_args(args) == {}
+    assert args.temperature == 0.0 and args.drift_check == "text" and args.max_new_tokens == 256
     assert _parse(["eval", "e", "--model", "m", "--out", "o", "--drift-check", "off"]).drift_check == "off"
     with pytest.raises(SystemExit):
         _parse(["eval", "e", "--model", "m", "--out", "o", "--drift-check", "sometimes"])
@@ -99,3 +101,39 @@ def test_summary_counts_drift_by_kind_once_per_episode():
     s = summarize(ts, threshold=1.0)
     assert s.drift == {"template": 2, "tokenization": 1}
     assert s.temperatures == {"0.0": 1, "1.0": 1, "unknown": 1}
+
+
+RUN_CONFIG = """\
+env:
+  id: me/Words-v0
+  kwargs_for: me/Words-v0
+  kwargs: {size: 3}
+  eval_split: test
+engine:
+  kind: hf
+rollout:
+  max_new_tokens: 64
+  temperature: 1.0
+eval_rollout:
+  max_new_tokens: 96
+  max_turns: 5
+  temperature: 0.0
+  chat_template: compact
+"""
+
+
+def test_run_dir_supplies_what_training_used_and_flags_still_win(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(RUN_CONFIG)
+    with pytest.raises(ConfigError, match="no final/ policy"):
+        resolve_args(_parse(["eval", "--run-dir", str(run), "--out", "o"]))
+    (run / "final").mkdir()
+    args = _parse(["eval", "--run-dir", str(run), "--out", "o", "--max-turns", "2", "--env-arg", "size=4"])
+    assert resolve_args(args) == {"size": 4}  # the run's kwargs, then --env-arg
+    assert (args.env_id, args.model, args.split, args.engine) == ("me/Words-v0", str(run / "final"), "test", "hf")
+    assert (args.max_new_tokens, args.max_turns, args.temperature, args.chat_template) == (96, 2, 0.0, "compact")
+    with pytest.raises(ConfigError, match="not a training run directory"):
+        resolve_args(_parse(["eval", "--run-dir", str(tmp_path), "--out", "o"]))
+    with pytest.raises(ConfigError, match="needs an environment id"):
+        resolve_args(_parse(["eval", "--model", "tiny", "--out", "o"]))
