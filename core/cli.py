@@ -12,20 +12,27 @@
     toolgym model import F.gguf DIR  convert a GGUF file into a checkpoint (``model path smollm2``)
 
 Subcommands that need heavy imports (torch, Hydra) load them only when used.
+
+A failure the user can fix (a bad id, path, value or Hydra override) prints one line,
+``toolgym: error: ...``, to stderr and exits with status 2; ``TOOLGYM_DEBUG=1`` prints the
+traceback too. Any other exception is a bug and keeps Python's traceback (status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 
 import toolgym
-from toolgym.errors import ToolgymError
+from toolgym.errors import ConfigError, ToolgymError
 
 console = Console()
 
@@ -76,7 +83,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_play(args: argparse.Namespace, read: Callable[[str], str] = input) -> int:
-    env = toolgym.make(args.env_id, split=args.split).unwrapped
+    """Play one episode, reading the assistant turns from ``read``.
+
+    Raises:
+        ConfigError: The env id is unknown, or the env rejected its arguments (an env's own
+            ``ValueError``, e.g. for an unknown split, is re-raised naming the env and the split).
+    """
+    toolgym.spec(args.env_id)  # an unknown id is its own error (closest ids), not the env's ValueError
+    try:
+        env = toolgym.make(args.env_id, split=args.split).unwrapped
+    except ValueError as exc:
+        if isinstance(exc, ToolgymError):
+            raise
+        # only the env knows its splits (its load_tasks rejects others): name the env and the flag
+        raise ConfigError(f"{args.env_id} --split {args.split}: {exc}") from exc
     obs, info = env.reset(seed=args.seed)
     console.print(f"[bold]{args.env_id}[/bold] task {info['task_id']}; tools: {', '.join(env.tools) or 'none'}")
     for m in obs:
@@ -100,10 +120,45 @@ def cmd_play(args: argparse.Namespace, read: Callable[[str], str] = input) -> in
     return 0
 
 
+class _DropJobBanner:
+    """stderr that drops Hydra's ``Error executing job with overrides: [...]`` line.
+
+    Hydra writes that line just before re-raising a failed job's exception; :func:`main` then
+    reports the exception itself in one line, so the banner would be a second line saying less.
+    Everything else is passed through untouched (training logs, progress bars).
+    """
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides:"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def cmd_train(argv: Sequence[str]) -> int:
+    """Hand ``argv`` to the Hydra app; its errors propagate to :func:`main` instead of Hydra's report.
+
+    ``HYDRA_FULL_ERROR=1`` makes Hydra re-raise (it would otherwise print a trimmed traceback and
+    exit 1 itself); both it and stderr are restored afterwards, so a caller in-process is unaffected.
+    """
     from toolgym.trainers.app import main as train_main
 
-    return train_main(list(argv))
+    saved_env, saved_err = os.environ.get("HYDRA_FULL_ERROR"), sys.stderr
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.stderr = _DropJobBanner(saved_err)  # type: ignore[assignment]
+    try:
+        return train_main(list(argv))
+    finally:
+        sys.stderr = saved_err
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("play", help="play an environment by typing the assistant turns")
     p.add_argument("env_id")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--split", default="eval")
+    p.add_argument("--split", default="eval", help="task split to draw the task from (default: eval; most envs "
+                   "have train and eval)")
     p.set_defaults(func=cmd_play)
     sub.add_parser("train", help="GRPO training (Hydra overrides follow)", add_help=False)
     for module, fn in _PLUGINS:
@@ -131,18 +187,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (reported in one line), not a bug in toolgym."""
+    types: list[type[BaseException]] = [ToolgymError, OSError, ValueError, KeyError]
+    # Hydra and OmegaConf errors (a bad override, a missing config group) only exist once imported;
+    # an exception cannot be one of theirs if the module was never loaded.
+    for module, name in (("hydra.errors", "HydraException"), ("omegaconf.errors", "OmegaConfBaseException")):
+        found = getattr(sys.modules.get(module), name, None)
+        if found is not None:
+            types.append(found)
+    return tuple(types)
+
+
+def _join(lines: list[str]) -> str:
+    if len(lines) == 1:
+        return lines[0]
+    # first line says what failed, the last one (a traceback's exception line, a build tool's
+    # final message) usually says why; the middle is detail for TOOLGYM_DEBUG=1
+    return f"{lines[0].rstrip(':')}: {lines[-1]}" if lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
+
+
+def error_line(exc: BaseException) -> str:
+    """One line that says what went wrong, for ``toolgym: error: <line>``.
+
+    Example:
+        >>> error_line(ValueError("unknown split 'test'; choose from train, eval"))
+        "ValueError: unknown split 'test'; choose from train, eval"
+        >>> error_line(ConfigError("importing pack p failed:\\nTraceback ...\\nZeroDivisionError: division by zero"))
+        'importing pack p failed: ZeroDivisionError: division by zero'
+    """
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    options = getattr(exc, "options", None)  # hydra's MissingConfigException: the group's choices
+    if type(exc).__name__ == "MissingConfigException" and lines:
+        line = lines[0] + (f" (available: {', '.join(options)})" if options else "")
+    else:
+        line = _join(lines) if lines else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("omegaconf") and str(cause).strip():
+        line = f"{line}: {str(cause).strip().splitlines()[0]}"  # hydra's "Error merging override X": why
+    if isinstance(exc, ValueError | KeyError) and not isinstance(exc, ToolgymError):
+        line = f"{type(exc).__name__}: {line}"  # raised by any code: its type is part of the message
+    return line
+
+
+def report_error(exc: BaseException, stream: TextIO | None = None) -> int:
+    """Print ``toolgym: error: <one line>`` (with the traceback when ``TOOLGYM_DEBUG=1``); returns 2."""
+    stream = stream or sys.stderr
+    if os.environ.get("TOOLGYM_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=stream)
+    print(f"toolgym: error: {error_line(exc)}", file=stream)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``toolgym ARGV``; returns the exit status (2 for bad input, reported in one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":  # Hydra parses its own arguments
-        return cmd_train(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv and argv[0] == "train":  # Hydra parses its own arguments
+            return cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (ToolgymError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if isinstance(exc, _user_error_types()):
+            return report_error(exc)
+        raise  # anything else is a bug: keep the traceback
 
 
 if __name__ == "__main__":

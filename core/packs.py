@@ -13,10 +13,13 @@ without importing the pack. ``toolgym`` imports every such entry point the first
 registry is read (``toolgym envs``, ``toolgym.make``), so ``pip install my-pack`` is all it takes.
 
 ``toolgym init NAME`` scaffolds a new pack (see :mod:`toolgym.scaffold`); ``toolgym pack build
-DIR`` writes the pack's manifest and builds its wheel and sdist into ``DIR/dist``.
+DIR`` copies DIR to a temporary directory, runs the conformance checks of every env the pack
+registers (``--no-check`` skips them; a failing check builds nothing), writes the manifest into
+the copy and builds its wheel and sdist into ``DIR/dist``. DIR itself is only read: no manifest,
+``build/`` or ``*.egg-info`` appears in it, so a source tree under version control stays clean.
 
-The manifest, ``toolgym_pack.json``, sits inside the pack's import package (so it ships in the
-wheel) and records, under spec version ``TOOLGYM_PACK_SPEC``:
+The manifest, ``toolgym_pack.json``, sits inside the built pack's import package (so it ships in
+the wheel and sdist; it is never written into the source tree) and records, under spec version ``TOOLGYM_PACK_SPEC``:
 
 - ``spec_version``: the version of this manifest format (``"1"``).
 - ``name`` / ``version``: the distribution's name and version (from ``pyproject.toml``).
@@ -37,9 +40,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, entry_points
 from importlib.metadata import version as dist_version
@@ -158,6 +165,8 @@ def content_hash(package_dir: Path) -> str:
 # Runs in a fresh interpreter with the pack directory first on sys.path, so the pack's modules are
 # imported from DIR (never a stale installed copy or one cached in this process). Installed packs
 # are not loaded there, so only the built-ins and this pack's own register() fill the registry.
+# With argv[2] == "check" it also runs the conformance checks on each env it found (same process:
+# the pack is imported once, from the same files that are then built).
 _PROBE = """
 import json, sys, importlib
 import toolgym
@@ -167,33 +176,61 @@ registry._packs_loaded = True
 before = set(_REGISTRY)
 module, _, fn = sys.argv[1].partition(":")
 getattr(importlib.import_module(module), fn)()
-envs = {}
+envs, checks = {}, {}
 for env_id in sorted(set(_REGISTRY) - before):
     env = toolgym.make(env_id).unwrapped
     envs[env_id] = sorted(env.tools)
     env.close()
-print(json.dumps(envs))
+if sys.argv[2:] == ["check"]:
+    from toolgym.envs.conformance import run_checks
+    for env_id in envs:
+        checks[env_id] = [vars(r) for r in run_checks(env_id).results]
+print(json.dumps({"envs": envs, "checks": checks}))
 """
+
+
+@dataclass(frozen=True)
+class EnvCheck:
+    """One conformance check's result on one env of a pack, as ``toolgym pack build`` reports it."""
+
+    env_id: str
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+def _import_pack(src: PackSource, check: bool) -> tuple[dict[str, list[str]], list[EnvCheck]]:
+    """Import the pack from ``src.root`` in a fresh interpreter: its envs and tools (and check results)."""
+    path = [str(src.root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    cmd = [sys.executable, "-c", _PROBE, src.entry_value, *(["check"] if check else [])]
+    proc = subprocess.run(cmd, cwd=src.root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"importing pack {src.name} ({src.entry_value}) failed:\n{proc.stderr.strip()[-2000:]}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not found["envs"]:
+        raise ConfigError(f"pack {src.name}: {src.entry_value} registered no environments")
+    checks = [EnvCheck(env_id, r["name"], bool(r["passed"]), str(r.get("detail", "")))
+              for env_id, results in found["checks"].items() for r in results]
+    return found["envs"], checks
 
 
 def probe_envs(src: PackSource) -> dict[str, list[str]]:
     """Env ids the pack registers and each env's tool names, read by importing the pack from its directory."""
-    path = [str(src.root), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, src.entry_value], cwd=src.root, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"importing pack {src.name} ({src.entry_value}) failed:\n{proc.stderr.strip()[-2000:]}")
-    envs = json.loads(proc.stdout.strip().splitlines()[-1])
-    if not envs:
-        raise ConfigError(f"pack {src.name}: {src.entry_value} registered no environments")
-    return envs
+    return _import_pack(src, check=False)[0]
 
 
-def write_manifest(root: str | Path) -> PackManifest:
-    """Compute a pack's manifest and write it into its import package."""
+def write_manifest(root: str | Path, envs: dict[str, list[str]] | None = None) -> PackManifest:
+    """Compute a pack's manifest and write it into the import package under ``root``.
+
+    :func:`build_pack` calls this on its temporary copy; calling it on a source tree writes there.
+
+    Args:
+        root: The pack directory.
+        envs: The envs and tools, when already probed (:func:`probe_envs`); probed here otherwise.
+    """
     src = read_pack(root)
-    manifest = PackManifest(name=src.name, version=src.version, envs=probe_envs(src), license=src.license,
+    manifest = PackManifest(name=src.name, version=src.version, envs=envs or probe_envs(src), license=src.license,
                             content_hash=content_hash(src.package_dir), requires=dict(src.requires))
     (src.package_dir / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest
@@ -236,56 +273,136 @@ def _has_build_frontend() -> bool:
         return False
 
 
-def _run_build(cmd: list[str], cwd: Path, what: str) -> None:
+def _run_build(cmd: list[str], cwd: Path, what: str, name: str) -> None:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ConfigError(f"building the {what} of {cwd} failed:\n{(proc.stdout + proc.stderr).strip()[-3000:]}")
+        raise ConfigError(f"building the {what} of pack {name} failed:\n{(proc.stdout + proc.stderr).strip()[-3000:]}")
 
 
-def build_pack(root: str | Path, out: str | Path | None = None) -> tuple[PackManifest, list[Path]]:
-    """Write the manifest and build wheel + sdist (no build isolation: uses this environment's setuptools).
+# Never copied into the build: outputs of earlier builds and tools (top level of the pack only,
+# where setuptools and venvs put them; a package may have a sub-package named build) ...
+_TOP_LEVEL_SKIP = {"build", "dist", ".git", ".hg", ".venv", "venv", ".tox", ".nox"}
+# ... and caches and egg-info anywhere.
+_ANYWHERE_SKIP = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.egg-info", "*.pyc")
 
-    Returns:
-        The manifest and the paths of the built distributions.
+
+@contextmanager
+def staged_copy(root: Path, out: Path) -> Iterator[Path]:
+    """A throw-away copy of the pack directory ``root`` to build in (removed on exit).
+
+    Building writes a manifest, ``build/`` and ``*.egg-info`` beside the sources; doing it in a copy
+    keeps the user's tree exactly as it was. ``out`` is never copied (it may lie inside ``root``).
     """
-    src = read_pack(root)
-    manifest = write_manifest(src.root)
-    dist = Path(out).resolve() if out else src.root / "dist"
+    anywhere = shutil.ignore_patterns(*_ANYWHERE_SKIP)
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = set(anywhere(directory, names))
+        here = Path(directory).resolve()
+        if here == root:
+            skipped |= _TOP_LEVEL_SKIP & set(names)
+        if out.parent == here and out.name in names:
+            skipped.add(out.name)
+        return skipped
+
+    with tempfile.TemporaryDirectory(prefix="toolgym-pack-") as tmp:
+        # symlinks are followed (their targets copied), as setuptools follows them building in place
+        yield Path(shutil.copytree(root, Path(tmp) / root.name, ignore=ignore))
+
+
+@dataclass
+class PackBuild:
+    """What ``toolgym pack build`` produced: the manifest, the built files and the check results."""
+
+    manifest: PackManifest | None
+    built: list[Path] = field(default_factory=list)
+    checks: list[EnvCheck] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[EnvCheck]:
+        return [c for c in self.checks if not c.passed]
+
+
+def _build_dists(src: PackSource, dist: Path) -> list[Path]:
+    """Wheel and sdist of the pack at ``src.root`` into ``dist`` (no build isolation: this environment's setuptools)."""
     dist.mkdir(parents=True, exist_ok=True)
     before = set(dist.iterdir())
     if _has_build_frontend():
         _run_build([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src.root)],
-                   src.root, "wheel and sdist")
+                   src.root, "wheel and sdist", src.name)
     else:
         _run_build([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--wheel-dir", str(dist), str(src.root)], src.root, "wheel")
+                    "--wheel-dir", str(dist), str(src.root)], src.root, "wheel", src.name)
         # pip builds no sdists; call the PEP 517 hook of the declared backend (setuptools) directly.
         hook = f"import setuptools.build_meta as b; b.build_sdist({str(dist)!r})"
-        _run_build([sys.executable, "-c", hook], src.root, "sdist")
-    built = sorted(set(dist.iterdir()) - before) or sorted(dist.glob("*"))
-    return manifest, built
+        _run_build([sys.executable, "-c", hook], src.root, "sdist", src.name)
+    return sorted(set(dist.iterdir()) - before) or sorted(dist.glob("*"))
+
+
+def build_and_check(root: str | Path, out: str | Path | None = None, *, check: bool = True) -> PackBuild:
+    """Check and build a pack from a temporary copy of ``root``; ``root`` is left untouched.
+
+    Args:
+        root: The pack directory (read only).
+        out: Where the wheel and sdist go (default: ``root/dist``).
+        check: Run the conformance checks (:func:`toolgym.envs.conformance.run_checks`) on every env
+            the pack registers first, importing the pack from the copy; when one fails nothing is
+            built (``manifest`` is None and ``built`` empty).
+
+    Returns:
+        The manifest, the paths of the built distributions and the check results.
+    """
+    src = read_pack(root)
+    dist = Path(out).resolve() if out else src.root / "dist"
+    with staged_copy(src.root, dist) as copy_root:
+        staged = read_pack(copy_root)
+        envs, checks = _import_pack(staged, check)
+        if any(not c.passed for c in checks):
+            return PackBuild(None, [], checks)
+        manifest = write_manifest(copy_root, envs)
+        return PackBuild(manifest, _build_dists(staged, dist), checks)
+
+
+def build_pack(root: str | Path, out: str | Path | None = None) -> tuple[PackManifest, list[Path]]:
+    """Write the manifest and build wheel + sdist from a temporary copy of ``root`` (no conformance checks).
+
+    Returns:
+        The manifest and the paths of the built distributions.
+    """
+    result = build_and_check(root, out, check=False)
+    assert result.manifest is not None  # only a failed check leaves it unset
+    return result.manifest, result.built
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from toolgym.scaffold import scaffold
 
-    try:
-        root = scaffold(args.name, Path(args.dir) if args.dir else Path.cwd())
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # a bad name raises ConfigError: toolgym.cli.main reports it in one line (exit 2)
+    root = scaffold(args.name, Path(args.dir) if args.dir else Path.cwd())
     print(f"created pack {args.name} in {root}")
     return 0
 
 
+def _print_checks(checks: list[EnvCheck]) -> None:
+    for env_id in dict.fromkeys(c.env_id for c in checks):
+        mine = [c for c in checks if c.env_id == env_id]
+        print(f"check {env_id}: {sum(c.passed for c in mine)} of {len(mine)} passed")
+        for c in mine:
+            if not c.passed:
+                print(f"  FAIL {c.name}: {' '.join(c.detail.split())[:300]}")
+
+
 def cmd_pack_build(args: argparse.Namespace) -> int:
-    try:
-        manifest, built = build_pack(args.dir, args.out)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # ConfigError / OSError propagate: toolgym.cli.main reports them in one line (exit 2)
+    result = build_and_check(args.dir, args.out, check=not args.no_check)
+    _print_checks(result.checks)
+    if result.manifest is None:
+        names = ", ".join(dict.fromkeys(f"{c.env_id} {c.name}" for c in result.failed))
+        print(f"toolgym: error: conformance checks failed ({names}); nothing was built "
+              "(fix them, or build anyway with --no-check)", file=sys.stderr)
+        return 1
+    manifest = result.manifest
     print(f"pack {manifest.name} {manifest.version}: {', '.join(manifest.envs)} ({manifest.content_hash})")
-    for path in built:
+    for path in result.built:
         print(f"  built {path}")
     return 0
 
@@ -298,7 +415,9 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(func=cmd_init)
     pack = subparsers.add_parser("pack", help="environment pack tools")
     pack_sub = pack.add_subparsers(dest="pack_command", required=True)
-    b = pack_sub.add_parser("build", help="write the manifest and build wheel + sdist")
+    b = pack_sub.add_parser("build", help="check the pack's envs, then build wheel + sdist with its manifest "
+                            "(from a temporary copy: DIR is not modified)")
     b.add_argument("dir", help="the pack directory")
     b.add_argument("--out", default=None, help="output directory (default: DIR/dist)")
+    b.add_argument("--no-check", action="store_true", help="skip the conformance checks of the pack's envs")
     b.set_defaults(func=cmd_pack_build)

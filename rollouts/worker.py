@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from typing import Any
 
 from toolgym.aio import run_in_new_thread
 from toolgym.envs.report import ToolOutcome, TurnReport
-from toolgym.errors import ErrorRecord, ModelError, OverlongPromptError, ToolError, ToolgymError
+from toolgym.errors import ConfigError, ErrorRecord, ModelError, OverlongPromptError, ToolError, ToolgymError
 from toolgym.rollouts.engines.base import ChatPrompt, Completion, Engine, SamplingParams
 from toolgym.rollouts.records import Cost, DriftEvent, Timings, ToolResultRecord, Trajectory, Turn
 from toolgym.rollouts.tokens import ChatFormat, Segment, TokenTrajectory
@@ -53,7 +54,8 @@ class RolloutConfig:
         step_timeout_s: Wall time of one environment step (its tool calls); past it the episode
             fails with a ``ToolError`` (a tool hung without its own timeout).
         generate_timeout_s: Wall time of one engine call; past it the call is a retryable ``ModelError``.
-        temperature, top_p, top_k: Sampling.
+        temperature, top_p, top_k: Sampling (temperature >= 0, 0 = greedy; top_p in (0, 1];
+            top_k >= 0, 0 or -1 = off); checked when the config is made (:meth:`check`).
         ignore_eos: Never stop a completion early (benchmarks).
         max_concurrency: Episodes in flight at once.
         max_retries: Re-runs of an episode that failed with a retryable error.
@@ -83,6 +85,50 @@ class RolloutConfig:
     chat_template: str | None = None
     seed: int | None = None
     sampling_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Reject sampling parameters and budgets no engine can honour, when the config is made.
+
+        Raises at config time (``toolgym train rollout.temperature=-1`` exits before any model loads)
+        instead of in the middle of a rollout, where each engine would fail its own way. ``top_k=-1``
+        (vLLM's spelling of "off") is accepted and stored as 0, the one spelling every engine reads.
+
+        Raises:
+            ConfigError: A value is out of range; the message names the field and the valid range.
+
+        Example:
+            >>> RolloutConfig(temperature=-1)
+            Traceback (most recent call last):
+            ...
+            toolgym.errors.ConfigError: rollout temperature must be >= 0 (0 = greedy), got -1
+        """
+        bad: list[str] = []
+        # `not (x >= 0)` rather than `x < 0`: NaN fails every comparison and must be rejected too
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            bad.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            bad.append(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.top_k < -1:
+            bad.append(f"top_k must be >= 0 (0 or -1 = off), got {self.top_k}")
+        for name in ("max_new_tokens", "max_total_tokens", "max_concurrency"):
+            if getattr(self, name) < 1:
+                bad.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_turns is not None and self.max_turns < 1:
+            bad.append(f"max_turns must be >= 1 (or null: the env's default), got {self.max_turns}")
+        if self.max_retries < 0:
+            bad.append(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("episode_timeout_s", "step_timeout_s", "generate_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                bad.append(f"{name} must be > 0 (or null: no limit), got {value}")
+        if bad:
+            raise ConfigError("rollout " + "; ".join(bad))
+        if self.top_k == -1:
+            self.top_k = 0
 
     def sampling(self, max_tokens: int, seed: int | None = None) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,

@@ -67,7 +67,7 @@ def test_check_fails_on_a_broken_env(capsys):
 
 def test_unknown_env_is_a_clear_error(capsys):
     assert main(["check", "toolgym/Arithmatic-v0"]) == 2
-    assert "Did you mean 'toolgym/Arithmetic-v0'" in " ".join(capsys.readouterr().out.split())
+    assert "Did you mean 'toolgym/Arithmetic-v0'" in " ".join(capsys.readouterr().err.split())
 
 
 def test_play_runs_an_episode_from_typed_turns(capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -11,11 +10,12 @@ import sys
 import sysconfig
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from toolgym.packs import MANIFEST_NAME, TOOLGYM_PACK_SPEC, PackManifest, add_parsers, content_hash
+from toolgym.packs import MANIFEST_NAME, TOOLGYM_PACK_SPEC, PackManifest, content_hash
 
 NAME = "demo-pack"
 PKG = "demo_pack_pkg"
@@ -23,10 +23,9 @@ ENV_ID = f"{NAME}/Example-v0"
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="toolgym")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    from toolgym.cli import main
+
+    return main(list(argv))  # as the toolgym command runs it: bad input is one line on stderr, exit 2
 
 
 def _run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
@@ -137,12 +136,16 @@ def test_pack_init_build_publish_install(tmp_path: Path) -> None:
     _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=root, env=env)
 
     assert _cli("pack", "build", str(root)) == 0
-    manifest = PackManifest.from_json((root / PKG / MANIFEST_NAME).read_text())
+    # built from a copy: the source tree gets dist/ and nothing else (no manifest, build/, egg-info)
+    assert not (root / PKG / MANIFEST_NAME).exists() and not (root / "build").exists()
+    assert not list(root.glob("*.egg-info"))
+    wheels = list((root / "dist").glob("*.whl"))
+    assert len(wheels) == 1 and list((root / "dist").glob("*.tar.gz"))
+    with zipfile.ZipFile(wheels[0]) as zf:
+        manifest = PackManifest.from_json(zf.read(f"{PKG}/{MANIFEST_NAME}").decode())
     assert manifest.spec_version == TOOLGYM_PACK_SPEC and manifest.name == NAME
     assert manifest.envs == {ENV_ID: ["reverse"]}
     assert manifest.content_hash == content_hash(root / PKG)
-    wheels = list((root / "dist").glob("*.whl"))
-    assert len(wheels) == 1 and list((root / "dist").glob("*.tar.gz"))
 
     index = tmp_path / "index"
     _simple_index(index, wheels[0])

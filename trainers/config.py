@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from toolgym.errors import ConfigError
 from toolgym.rollouts.engines.base import EngineConfig
 from toolgym.rollouts.worker import RolloutConfig
 from toolgym.sandboxes.config import SandboxConfig
@@ -72,6 +73,31 @@ class TrainConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)  # used by envs that run code
     tensorboard: bool = True
     cpu_threads: int | None = None  # torch threads on a CPU (None: the physical cores this process may use)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Reject a run that cannot sample a batch, when Hydra builds the config (before any model loads).
+
+        ``rollout`` and ``eval_rollout`` check their own sampling values (:meth:`RolloutConfig.check`).
+
+        Raises:
+            ConfigError: ``trainer.group_size``, ``trainer.tasks_per_step`` or ``trainer.steps`` is out of range.
+
+        Example:
+            >>> TrainConfig(trainer=TrainerConfig(group_size=0))
+            Traceback (most recent call last):
+            ...
+            toolgym.errors.ConfigError: trainer.group_size must be >= 1 (episodes per task), got 0
+        """
+        t = self.trainer
+        for name, value, what in (("group_size", t.group_size, "episodes per task"),
+                                  ("tasks_per_step", t.tasks_per_step, "tasks per GRPO step")):
+            if value < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1 ({what}), got {value}")
+        if t.steps < 0:
+            raise ConfigError(f"trainer.steps must be >= 0, got {t.steps}")
 
 
 def register_configs() -> None:

@@ -58,6 +58,7 @@ class RunState:
 
     step: int = 0
     phase_s: dict[str, float] = field(default_factory=dict)
+    step_phase_s: dict[str, float] = field(default_factory=dict)  # STEP_PHASES summed over GRPO steps
     eval_before: dict[str, float] = field(default_factory=dict)
     eval_after_sft: dict[str, float] = field(default_factory=dict)
     sft_final_loss: float | None = None
@@ -74,6 +75,27 @@ class RunState:
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.phase_s[phase] = round(self.phase_s.get(phase, 0.0) + seconds, 1)
+
+    def add_step_phases(self, metrics: dict[str, float]) -> None:
+        """Add one step's ``time/<phase>_s`` metrics to the run's totals.
+
+        Kept unrounded (rounded in ``summary.json``): tool calls take milliseconds, and rounding each
+        step's sum would drop them.
+        """
+        for phase in STEP_PHASES:
+            self.step_phase_s[phase] = self.step_phase_s.get(phase, 0.0) + metrics.get(f"time/{phase}_s", 0.0)
+
+
+# What each GRPO step's time goes to, logged per step as ``time/<phase>_s`` and summed in
+# summary.json's ``step_phase_s``:
+#   generation  the rollouts' wall time (engine calls, and the env steps that run between them)
+#   tools       seconds inside tool calls, summed over the step's episodes; episodes run
+#               concurrently, so this overlaps generation and can exceed it
+#   scoring     advantages from the rewards (and, with the KL in the reward, the policy and
+#               reference log-probs); the rubric's reward itself is computed inside env steps
+#   update      the optimizer step(s), the scheduler and the weight sync to the engine
+#   eval        held-out evaluation inside the step (``trainer.eval_every``), else 0
+STEP_PHASES = ("generation", "tools", "scoring", "update", "eval")
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -210,14 +232,15 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
         metrics = one_step(cfg, step, model, optimizer, scheduler, engine, worker, sampler, pad_id, ref_model,
                            success_threshold(train_env))
         state.curriculum = sampler.state_dict()
-        run_log.write("train", step, metrics)
-        console.print(f"step {step:3d}  reward {metrics['reward_mean']:.3f}±{metrics['reward_std']:.3f}  "
-                      f"pass {metrics['pass_rate']:.2f}  kl {metrics.get('kl', 0.0):.4f}  "
-                      f"clip {metrics.get('clip_ratio/region_mean', 0.0):.3f}  "
-                      f"tok/s {metrics['tokens_per_s']:.0f}  gen {metrics['generate_s']:.1f}s "
-                      f"train {metrics['train_s']:.1f}s")
+        held_out_eval, eval_s = None, 0.0
         if tcfg.eval_every and step % tcfg.eval_every == 0 and step != tcfg.steps:
-            run_log.write("eval", step, evaluate(cfg, model, held_out, eval_env))
+            held_out_eval, eval_s = grpo.timed(lambda: evaluate(cfg, model, held_out, eval_env))
+        metrics["time/eval_s"] = eval_s
+        state.add_step_phases(metrics)
+        run_log.write("train", step, metrics)
+        console.print(step_line(step, metrics))
+        if held_out_eval is not None:
+            run_log.write("eval", step, held_out_eval)
         state.add_time("grpo", time.perf_counter() - t0)
         if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or step == tcfg.steps:  # 0: at the end only
             save_checkpoint(run_dir / "checkpoints", step, model, optimizer, scheduler, data_state=state.to_dict(),
@@ -236,6 +259,23 @@ def train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curve(run_dir)
     return summary
+
+
+def step_line(step: int, metrics: dict[str, float]) -> str:
+    """The console line of one GRPO step: reward, pass rate, KL, clipping, throughput and phase times."""
+    phases = "  ".join(f"{phase} {metrics.get(f'time/{phase}_s', 0.0):.2f}s" for phase in STEP_PHASES)
+    return (f"step {step:3d}  reward {metrics['reward_mean']:.3f}±{metrics['reward_std']:.3f}  "
+            f"pass {metrics['pass_rate']:.2f}  kl {metrics.get('kl', 0.0):.4f}  "
+            f"clip {metrics.get('clip_ratio/region_mean', 0.0):.3f}  tok/s {metrics['tokens_per_s']:.0f}  {phases}")
+
+
+def tool_seconds(groups: list[list[Any]]) -> float:
+    """Seconds the step's tool calls took, from the worker's per-call ``elapsed_s`` on each turn.
+
+    Each segment of a split episode holds its own turns, so no call is counted twice (the
+    episode-level ``timings.env_s`` is repeated on every segment, and also includes the rubric).
+    """
+    return sum(r.elapsed_s for g in groups for t in g for turn in t.turns for r in turn.tool_results)
 
 
 def before_grpo(cfg: TrainConfig, run_dir: Path, run_log: RunLog, model: Any, engine: Any, held_out: RolloutWorker,
@@ -267,7 +307,11 @@ def before_grpo(cfg: TrainConfig, run_dir: Path, run_log: RunLog, model: Any, en
 
 def run_summary(cfg: TrainConfig, state: RunState, after: dict[str, float], resumed: bool, run_dir: Path,
                 wall_s: float) -> dict[str, Any]:
-    """``summary.json``: held-out reward and pass rate before training, after SFT and after GRPO, with phase times."""
+    """``summary.json``: held-out reward and pass rate before training, after SFT and after GRPO, with phase times.
+
+    ``phase_s`` splits the run's wall time (setup, evaluations, SFT, the GRPO steps); ``step_phase_s``
+    splits the GRPO steps' time by :data:`STEP_PHASES`, summed over steps (of a resumed run too).
+    """
     sft_eval = state.eval_after_sft
     return {"recipe": cfg.recipe, "env": cfg.env.id, "model": cfg.model.name_or_path, "seed": cfg.seed,
             "loss": cfg.trainer.loss.loss_type, "steps": cfg.trainer.steps,
@@ -277,6 +321,7 @@ def run_summary(cfg: TrainConfig, state: RunState, after: dict[str, float], resu
             "eval_reward_after": after["reward"], "eval_pass_rate_after": after["pass_rate"],
             "eval_episodes": cfg.trainer.eval_episodes, "eval_temperature": cfg.eval_rollout.temperature,
             "sft_final_loss": state.sft_final_loss, "phase_s": state.phase_s,
+            "step_phase_s": {phase: round(state.step_phase_s.get(phase, 0.0), 3) for phase in STEP_PHASES},
             "wall_s": round(wall_s, 1), "resumed": resumed, "final_model": str(run_dir / "final"),
             "toolgym_version": toolgym.__version__}
 
@@ -303,6 +348,8 @@ def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler:
     """Rollouts, advantages and one update; seeded by (seed, step) so a resumed run repeats it.
 
     ``threshold`` is the reward that counts as solved in the step's pass rate (the env's top reward).
+    The metrics include the step's ``time/<phase>_s`` for each of :data:`STEP_PHASES` but ``eval``
+    (the caller times the held-out evaluation).
     """
     tcfg = cfg.trainer
     rng = random.Random(cfg.seed * 1_000_003 + step)
@@ -310,8 +357,9 @@ def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler:
     worker.config = dataclasses.replace(cfg.rollout, sampling_seed=cfg.seed * 1_000_003 + step)
     model.eval()
     (groups, sample_stats), generate_s = grpo.timed(lambda: grpo.collect(worker, tcfg, sampler, rng))
-    batch = grpo.build_batch(groups, tcfg, pad_id, model=model, ref_model=ref_model,
-                             temperature=cfg.rollout.temperature)
+    batch, scoring_s = grpo.timed(lambda: grpo.build_batch(groups, tcfg, pad_id, model=model, ref_model=ref_model,
+                                                           temperature=cfg.rollout.temperature))
+    update_started = time.perf_counter()
     # One device for both: a sleeping engine hands its KV cache and weights' memory to the update.
     sleeps = bool(getattr(engine, "enable_sleep_mode", False))
     if sleeps:
@@ -325,5 +373,8 @@ def one_step(cfg: TrainConfig, step: int, model: Any, optimizer: Any, scheduler:
         engine.weights_version = step
     else:
         sync_weights(engine, model, step)
-    return grpo.step_metrics(groups, {**update, **sample_stats}, {"generate_s": generate_s, "train_s": train_s},
-                             threshold)
+    # generate_s / train_s stay as they were (older runs and tools read them); time/* are the phases
+    timing = {"generate_s": generate_s, "train_s": train_s, "time/generation_s": generate_s,
+              "time/tools_s": tool_seconds(groups), "time/scoring_s": scoring_s,
+              "time/update_s": time.perf_counter() - update_started}
+    return grpo.step_metrics(groups, {**update, **sample_stats}, timing, threshold)
