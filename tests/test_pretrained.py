@@ -110,7 +110,7 @@ def test_an_unsupported_architecture_is_a_config_error_naming_the_fix(tmp_path, 
         import_gguf(path, tmp_path / "out")
     # the CLI reports it as an error line and exit status 2, not a traceback
     assert cli_main(["model", "import", str(path), str(tmp_path / "out")]) == 2
-    assert "supported" in capsys.readouterr().out.replace("\n", " ")
+    assert "supported" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_check_tokenizer_fixes_a_missing_pad_and_refuses_a_missing_template():
