@@ -31,21 +31,6 @@ def _fresh_venv(path: Path) -> Path:
     return python
 
 
-def test_the_sql_example_runs(tmp_path, monkeypatch):
-    block = re.search(r"```python\n(.*?)```", _section(), re.DOTALL).group(1)
-    definitions, _, usage = block.partition('toolgym.register("me/SQL-v0"')
-    (tmp_path / "my_sql_module.py").write_text(definitions)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("my_sql_module", None)
-    scope: dict = {}
-    exec(compile(definitions + 'toolgym.register("me/SQL-v0"' + usage, "README.md", "exec"), scope)
-    assert scope["reward"] == 1.0 and scope["terminated"] and not scope["truncated"]
-    tools = [t["function"] for t in scope["env"].reset(seed=0)[1]["tools"]]
-    assert tools[0]["name"] == "sql" and set(tools[0]["parameters"]["properties"]) == {"query"}  # db is hidden
-    with pytest.raises(Exception, match="readonly"):
-        scope["env"].unwrapped.state.resources["db"].execute("DELETE FROM t")
-
-
 @pytest.mark.slow
 def test_the_commands_work_verbatim_in_a_fresh_venv(tmp_path):
     commands = re.search(r"```bash\n(.*?)```", _section(), re.DOTALL).group(1)
